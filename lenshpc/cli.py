@@ -1,0 +1,76 @@
+"""The ``lenshpc`` command: a thin dispatcher over the stages' own ``cli`` modules.
+
+Each stage module (``lenshpc.<stage>.cli``) has ``register(subparsers)``, which adds
+its sub-command with ``set_defaults(func=...)``; ``func(args) -> int``. Stages are
+imported only when their command runs, so ``lenshpc simulate`` never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lenshpc import __version__
+from lenshpc.config import UserError
+
+
+def world_rank() -> int:
+    """This process' MPI rank as the launcher announced it (0 without a launcher)."""
+    import os
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+#: sub-command -> (module that registers it, one-line help)
+COMMANDS = {
+    "simulate": ("lenshpc.simulate.cli", "simulate lens images into a sharded HDF5 dataset (MPI)"),
+    "dataset": ("lenshpc.simulate.cli", "inspect or verify a dataset"),
+    "train": ("lenshpc.train.cli", "train one job (fold x dropout model), Horovod-parallel"),
+    "evaluate": ("lenshpc.evaluate.cli", "evaluate every finished job into a report (MPI)"),
+    "slurm": ("lenshpc.slurm.cli", "render or submit the sbatch chain"),
+    "run": ("lenshpc.slurm.cli", "run the whole pipeline on this machine"),
+    "config": ("lenshpc.slurm.cli", "check a config or print the config reference"),
+}
+
+
+def _parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lenshpc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lenshpc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    registered = set()
+    for name, (module, help_) in COMMANDS.items():
+        if command in (None, "-h", "--help") or name != command:
+            sub.add_parser(name, help=help_, add_help=False)
+            continue
+        if module not in registered:
+            importlib.import_module(module).register(sub)
+            registered.add(module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lenshpc``; returns the exit status (2 for user errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = _parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2 if args.command is None else 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        # Drivers raise user errors identically on every rank before any collective
+        # call, so rank 0 speaks for all and every rank exits 2.
+        if world_rank() == 0:
+            print(f"lenshpc {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lenshpc {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

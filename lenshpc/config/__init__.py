@@ -1,0 +1,127 @@
+"""One config tree: YAML loaded once into frozen, typed dataclasses and validated at load.
+
+The machinery is in :mod:`lenshpc.config.schema`; each stage's section is in a module
+of this package (``simulate``, ``train``, ``evaluate``, ``slurm``). Use::
+
+    from lenshpc.config import load, UserError
+    cfg = load("configs/debug.yaml")
+    cfg.image.size, cfg.dataset.n_folds, cfg.train.models ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lenshpc.config.schema import (UserError, _bounds, _fmt, _type_name, build, param,  # noqa: F401
+                                   to_plain)
+
+
+from lenshpc.config.evaluate import Evaluate  # noqa: E402
+from lenshpc.config.simulate import Dataset, Image, Population  # noqa: E402
+from lenshpc.config.slurm import Slurm  # noqa: E402
+from lenshpc.config.train import Train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole lenshpc configuration (one YAML file)."""
+
+    name: str = param("lenshpc", doc="Name of the study; used in job names and the report title.")
+    seed: int = param(20240601, ge=0, doc="Root seed. Item i of the dataset depends only on (seed, i).")
+    image: Image = param(default_factory=Image, doc="Image grid, PSF and noise.")
+    dataset: Dataset = param(default_factory=Dataset, doc="Dataset size, splits and sharding.")
+    population: Population = param(default_factory=Population,
+                                   doc="Where lens-system parameters come from.")
+    train: Train = param(default_factory=Train, doc="Network, optimiser and the experiment grid.")
+    evaluate: Evaluate = param(default_factory=Evaluate, doc="Evaluation settings.")
+    slurm: Slurm = param(default_factory=Slurm, doc="Site settings for the sbatch scripts.")
+
+    def to_yaml_text(self) -> str:
+        """The resolved config as YAML text (stored with every product)."""
+        return yaml.safe_dump(to_plain(self), sort_keys=False)
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file; raise UserError on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {p} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {p} cannot be read: {exc}") from None
+    return loads(data, source=str(p))
+
+
+def loads(data: Any, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML data (a mapping, or None for all defaults)."""
+    cfg = build(Config, data, "")
+    problem = cross_check(cfg)
+    if problem:
+        raise UserError(f"config {source}: {problem}")
+    return cfg
+
+
+def from_yaml_text(text: str) -> Config:
+    """The config stored as YAML text inside a dataset or run (already validated once)."""
+    return loads(yaml.safe_load(text))
+
+
+def cross_check(cfg: Config) -> str | None:
+    """Checks that span sections; returns an error text or None."""
+    n_train = cfg.dataset.n_images - cfg.dataset.n_test
+    if n_train < cfg.dataset.n_folds:
+        return (f"dataset.n_folds: {cfg.dataset.n_folds} folds need at least that many "
+                f"non-test items, but dataset.n_images={cfg.dataset.n_images} leaves {n_train}")
+    return None
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def schema_markdown() -> str:
+    """Markdown reference of every config key, its default, unit and allowed values."""
+    lines = ["# Configuration reference", "",
+             "Generated from `lenshpc/*/config.py` by `lenshpc config docs`; do not edit by hand.",
+             "Every key is optional; a missing key takes its default. Unknown keys are refused.", ""]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        rows, subs = [], []
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(tp) and not hasattr(tp, "from_yaml"):
+                subs.append((tp, key))
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            allowed = [_type_name(tp)]
+            if _bounds(f.metadata):
+                allowed.append(_bounds(f.metadata))
+            if hasattr(tp, "doc_allowed"):
+                allowed = [tp.doc_allowed()]
+            rows.append(f"| `{key}` | `{_fmt(to_plain(default))}` | {f.metadata.get('unit', '')} | "
+                        f"{'; '.join(allowed)} | {f.metadata['doc']} |")
+        if rows:
+            lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`", "",
+                          (cls.__doc__ or "").strip().splitlines()[0], "",
+                          "| key | default | unit | allowed | meaning |",
+                          "|---|---|---|---|---|", *rows, ""])
+        for tp, key in subs:
+            walk(tp, key + ".")
+
+    walk(Config, "")
+    return "\n".join(lines)

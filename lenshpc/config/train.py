@@ -1,0 +1,79 @@
+"""Config section of the train stage: network, optimiser and the experiment grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lenshpc.config.schema import UserError, param
+
+#: Network outputs, in this order (METHOD.md section 2).
+TARGETS = ("theta_E", "q", "e1", "e2")
+
+
+@dataclass(frozen=True)
+class DropoutModel:
+    """One dropout configuration of the experiment (p1 after Dense 512, p2 after Dense 1024)."""
+
+    name: str = param(doc="Model name, e.g. model1 (used in paths: RUNS/<name>/fold-<k>).",
+                      check=lambda s: None if s and s.replace("-", "").replace("_", "").isalnum()
+                      else "must be letters, digits, '-' or '_'")
+    p1: float = param(0.0, ge=0, lt=1, doc="Dropout rate after the first dense layer.")
+    p2: float = param(0.0, ge=0, lt=1, doc="Dropout rate after the second dense layer.")
+
+
+@dataclass(frozen=True)
+class Network:
+    """The modified AlexNet of METHOD.md section 2 (widths and kernels configurable)."""
+
+    conv1_filters: int = param(128, ge=1, doc="Block 1 filters.")
+    conv1_kernel: int = param(11, ge=1, unit="pixels", doc="Block 1 kernel size (assumed 11).")
+    conv1_stride: int = param(2, ge=1, doc="Block 1 stride.")
+    conv2_filters: int = param(256, ge=1, doc="Block 2 filters.")
+    conv2_kernel: int = param(5, ge=1, unit="pixels", doc="Block 2 kernel size (assumed 5).")
+    conv2_stride: int = param(3, ge=1, doc="Block 2 stride.")
+    conv3_filters: int = param(256, ge=1, doc="Block 3 filters (each of its conv layers).")
+    conv3_layers: int = param(4, ge=1, doc="Block 3 number of 3x3 conv layers.")
+    conv3_kernel: int = param(3, ge=1, unit="pixels", doc="Block 3 kernel size.")
+    pool_size: int = param(2, ge=1, unit="pixels", doc="Max-pool size and stride.")
+    batch_norm: bool = param(True, doc="BatchNorm after every conv layer (assumed in block 3).")
+    dense1: int = param(512, ge=1, doc="Units of the first dense layer.")
+    dense2: int = param(1024, ge=1, doc="Units of the second dense layer.")
+
+
+@dataclass(frozen=True)
+class Train:
+    """Training: the experiment grid (dropout models x folds), loss, optimiser, schedule."""
+
+    models: tuple[DropoutModel, ...] = param(
+        (DropoutModel("model1", 0.2, 0.3), DropoutModel("model2", 0.2, 0.2),
+         DropoutModel("model3", 0.0, 0.0)),
+        doc="Dropout configurations; jobs are numbered model-major: J = model_index * n_folds + fold.")
+    network: Network = param(default_factory=Network, doc="Network shape.")
+    loss_weights: tuple[float, float, float, float] = param(
+        (1.0, 1.0, 3.0, 3.0), ge=0, doc="Weights of the MSE terms of theta_E, q, e1, e2.")
+    standardize_targets: bool = param(True, doc="Standardise targets with training-fold statistics.")
+    batch_size: int = param(64, ge=1, doc="Batch size per rank.")
+    epochs: int = param(100, ge=1, doc="Maximum number of epochs.")
+    learning_rate: float = param(1e-3, gt=0, doc="Initial NAdam learning rate (single rank; "
+                                 "scaled by the number of ranks).")
+    warmup_epochs: int = param(1, ge=0, doc="Epochs of linear learning-rate warm-up to the scaled "
+                               "rate (Horovod).")
+    early_stopping_patience: int = param(15, ge=0, doc="Epochs without val_loss improvement "
+                                         "before stopping (0: never stop early).")
+    reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor.")
+    reduce_lr_patience: int = param(5, ge=0, doc="ReduceLROnPlateau patience (epochs).")
+    min_lr: float = param(1e-6, ge=0, doc="ReduceLROnPlateau lower bound.")
+
+    def validate(self, path: str) -> None:
+        names = [m.name for m in self.models]
+        if not names:
+            raise UserError(f"config {path}.models: at least one model is needed")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise UserError(f"config {path}.models: model name {dup[0]!r} appears twice")
+
+    def model(self, name: str) -> DropoutModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise UserError(f"unknown model {name!r}; the config has {', '.join(m.name for m in self.models)}")

@@ -1,0 +1,86 @@
+"""Shared test helpers: real mpirun / horovodrun launches, small configs.
+
+Everything here runs the real thing (mpirun, HDF5 files, the installed `lenshpc`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+#: Open MPI refuses root without these; tests may launch more ranks than cores.
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_rmaps_base_oversubscribe": "1", "PYTHONUNBUFFERED": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+os.environ.update(MPI_ENV)
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment for child processes (venv first on PATH)."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{e.get('PATH', '')}"
+    e.update(extra)
+    return e
+
+
+def lenshpc(*args: str, timeout: float = 600, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run ``lenshpc ARGS`` as a separate process (no launcher)."""
+    proc = subprocess.run([PYTHON, "-m", "lenshpc", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env(), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lenshpc {' '.join(map(str, args))} -> {proc.returncode}\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def mpirun_cmd(n: int, *args: str) -> list[str]:
+    """``mpirun -n N python -m mpi4py -m lenshpc ARGS`` as an argument list."""
+    return ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "none",
+            PYTHON, "-m", "mpi4py", "-m", "lenshpc", *map(str, args)]
+
+
+def mpirun(n: int, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run lenshpc under a real ``mpirun -n N``."""
+    proc = subprocess.run(mpirun_cmd(n, *args), capture_output=True, text=True,
+                          timeout=timeout, env=env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mpirun -n {n} lenshpc {' '.join(map(str, args))} -> "
+                             f"{proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_config(path: Path, base: str | Path = ROOT / "configs" / "debug.yaml", **overrides) -> Path:
+    """Write ``base`` with nested overrides (``dataset={'n_images': 40}``) to ``path``."""
+    data = yaml.safe_load(Path(base).read_text()) or {}
+
+    def merge(into: dict, new: dict) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(data, overrides)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def require(tool: str) -> None:
+    """Skip (never in CI) when an external tool is missing."""
+    if shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed; bin/setup must install it in CI")
+        pytest.skip(f"{tool} is not installed")
+
+
+@pytest.fixture(scope="session")
+def debug_config() -> Path:
+    return ROOT / "configs" / "debug.yaml"
