@@ -77,3 +77,23 @@ class Train:
             if m.name == name:
                 return m
         raise UserError(f"unknown model {name!r}; the config has {', '.join(m.name for m in self.models)}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job of the experiment grid: a dropout model on one fold."""
+
+    index: int
+    model: DropoutModel
+    fold: int
+
+    @property
+    def path(self) -> str:
+        """Where the job's products live, relative to RUNS."""
+        return f"{self.model.name}/fold-{self.fold}"
+
+
+def jobs(train: Train, n_folds: int) -> list[Job]:
+    """The grid, numbered model-major: ``J = model_index * n_folds + fold``."""
+    return [Job(m * n_folds + k, model, k) for m, model in enumerate(train.models)
+            for k in range(n_folds)]
