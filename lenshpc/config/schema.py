@@ -49,6 +49,7 @@ def param(
 def _fmt(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
+    value = to_plain(value)
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
