@@ -73,3 +73,67 @@ def split_evenly(n: int, rank: int, size: int) -> range:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+class Progress:
+    """Progress of a job over all ranks, shown by rank 0: items done, items/s, ETA.
+
+    A bar redrawn in place on a terminal; otherwise one log line every ``interval``
+    seconds (and a last one at the end). ``done`` counts items finished before this run
+    (resume); the rate counts only this run's items. Call :meth:`advance` with newly
+    finished items (from any rank) and :meth:`close` at the end."""
+
+    def __init__(self, total: int, done: int = 0, *, unit: str = "images", stream: Any = None,
+                 interval: float | None = None, enabled: bool = True):
+        import sys
+        import time
+        self.total, self.done, self.unit = total, done, unit
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if interval is None:
+            interval = float(os.environ.get("LENSHPC_PROGRESS_INTERVAL", 0.2 if self.tty else 10.0))
+        self.interval, self.enabled = interval, enabled
+        self._clock = time.monotonic
+        self.start = self._last = self._clock()
+        self._new = 0
+
+    @property
+    def rate(self) -> float:
+        """Items per second in this run."""
+        elapsed = self._clock() - self.start
+        return self._new / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        rate = self.rate
+        left = self.total - self.done
+        eta = _hms(left / rate) if rate > 0 else "?"
+        return (f"{self.done}/{self.total} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%), "
+                f"{rate:.1f} {self.unit}/s, ETA {eta}")
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._new += n
+        now = self._clock()
+        if self.enabled and now - self._last >= self.interval:
+            self._last = now
+            self._show()
+
+    def _show(self, end: str = "") -> None:
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.line()}\033[K{end}")
+        else:
+            self.stream.write(f"progress: {self.line()}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._show(end="\n")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

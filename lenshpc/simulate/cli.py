@@ -1,0 +1,95 @@
+"""``lenshpc simulate`` and ``lenshpc dataset info|verify``.
+
+Launch under MPI as ``mpirun -n N python -m mpi4py -m lenshpc simulate ...``; without a
+launcher everything runs in one process. No TensorFlow is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    """Add ``simulate`` and ``dataset`` (each unless the dispatcher already added a stub)."""
+    if "simulate" not in sub.choices:
+        _register_simulate(sub)
+    if "dataset" not in sub.choices:
+        _register_dataset(sub)
+
+
+def _register_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate lens images into a sharded HDF5 dataset (MPI)",
+                       description="Simulate the dataset of CFG into DIR (resumable; run the "
+                                   "same command again after an interruption).")
+    p.add_argument("--config", required=True, metavar="CFG", help="YAML config file")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--n-images", type=int, metavar="N",
+                   help="override dataset.n_images (split fractions are kept)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset in DIR made from a different config")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.set_defaults(func=simulate_command)
+
+
+def _register_dataset(sub) -> None:
+    d = sub.add_parser("dataset", help="inspect or verify a dataset")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    i = dsub.add_parser("info", help="size, shapes, parameter ranges, folds, completeness")
+    i.add_argument("dir", metavar="DIR")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=info_command)
+    v = dsub.add_parser("verify", help="check every shard's checksum (exit 1 if any is bad)")
+    v.add_argument("dir", metavar="DIR")
+    v.set_defaults(func=verify_command)
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from lenshpc.config import UserError, load
+    from lenshpc.parallel import world
+    from lenshpc.simulate.run import simulate, with_n_images
+
+    # Validation first, identically on every rank, before any collective call.
+    cfg = load(args.config)
+    if args.n_images is not None and args.n_images < 1:
+        raise UserError(f"--n-images: {args.n_images} must be at least 1")
+    cfg = with_n_images(cfg, args.n_images)
+    catalogue = catalogue_sha = None
+    if cfg.population.kind == "catalogue":
+        from lenshpc.simulate.catalogue import file_sha256, read_catalogue
+        catalogue = read_catalogue(cfg.population.catalogue, cfg.population, cfg.dataset.n_images)
+        catalogue_sha = file_sha256(cfg.population.catalogue)
+    if cfg.image.psf == "pixel":
+        from lenshpc.simulate.render import load_psf_kernel
+        load_psf_kernel(cfg.image.psf_kernel)
+    w = world()
+    out = Path(args.out)
+    summary = simulate(cfg, out, w, overwrite=args.overwrite, catalogue=catalogue,
+                       catalogue_sha256=catalogue_sha, progress=not args.no_progress)
+    if w.is_root:
+        n = summary["n_images"]
+        if summary["complete_before"]:
+            print(f"{out}: dataset of {n} images is already complete; nothing to do")
+        else:
+            wall = summary["wall_time_s"]
+            print(f"{out}: dataset of {n} images complete ({wall:.1f} s on {w.size} rank(s), "
+                  f"writing {100 * summary['write_share']:.1f}% of rank time)")
+    return 0
+
+
+def info_command(args: argparse.Namespace) -> int:
+    from lenshpc.simulate.dataset import info, info_text
+    data = info(Path(args.dir))
+    print(json.dumps(data, indent=1) if args.json else info_text(data))
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from lenshpc.simulate.dataset import verify
+    problems, summary = verify(Path(args.dir))
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(summary)
+    return 1 if problems else 0

@@ -1,0 +1,296 @@
+"""The simulate driver: shards of items rendered by MPI ranks into a dataset directory.
+
+Work unit: shard k = items [k*shard_size, (k+1)*shard_size), independent of the number of
+ranks. Rank 0 inspects the directory (config identity, shards already complete) and
+broadcasts the shards left to do; they are dealt round-robin to the ranks. Each rank
+renders its shards and writes each one atomically; rank 0 gathers progress messages
+and, when every rank is done, writes ``dataset.h5``. A killed run restarts where it
+stopped because a shard file with its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from lenshpc import __version__, io
+from lenshpc.config import Config, UserError, loads, to_plain
+from lenshpc.parallel import Progress, World
+from lenshpc.simulate import population as pop
+from lenshpc.simulate.render import TRUTH_NAMES, Renderer
+
+#: The config sections that define a dataset's content (the rest do not change it).
+DATASET_SECTIONS = ("seed", "image", "dataset", "population")
+#: MPI tag of progress messages (workers -> rank 0).
+PROGRESS_TAG = 71
+#: Bookkeeping file next to config.yaml: fingerprint and catalogue digest.
+STATE = "simulate.json"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def with_n_images(cfg: Config, n_images: int | None) -> Config:
+    """``cfg`` with ``dataset.n_images`` replaced (fractions kept), validated again."""
+    if n_images is None:
+        return cfg
+    data = to_plain(cfg)
+    data["dataset"]["n_images"] = n_images
+    return loads(data, source="--n-images")
+
+
+def dataset_part(cfg: Config) -> dict[str, Any]:
+    """The plain data of the sections that define a dataset's content."""
+    plain = to_plain(cfg)
+    return {k: plain[k] for k in DATASET_SECTIONS}
+
+
+def fingerprint(cfg: Config, catalogue_sha256: str | None) -> str:
+    """sha256 (hex) of the dataset-defining config and the catalogue's bytes."""
+    text = yaml.safe_dump({"config": dataset_part(cfg), "catalogue": catalogue_sha256},
+                          sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """``key.path: old -> new`` of the first difference of two plain trees, or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            d = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if d:
+                return d
+        return None
+    if old != new:
+        return f"{path}: {old!r} -> {new!r}"
+    return None
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What rank 0 found in the output directory, broadcast to every rank."""
+
+    error: str | None = None
+    complete: bool = False
+    todo: tuple[int, ...] = ()
+    done_items: int = 0
+
+
+def _is_dataset_dir(out: Path) -> bool:
+    return (out / io.CONFIG).is_file() or (out / STATE).is_file() or (out / io.INDEX).is_file()
+
+
+def _remove_products(out: Path) -> None:
+    """Remove what lenshpc simulate wrote in ``out`` (and nothing else)."""
+    shutil.rmtree(out / io.SHARDS, ignore_errors=True)
+    for name in (io.INDEX, io.CONFIG, STATE):
+        (out / name).unlink(missing_ok=True)
+
+
+def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
+    """Rank 0: check ``out`` against this config, prepare it, list the shards left to do.
+
+    Refusals (different config without --overwrite, a foreign non-empty folder, an
+    unwritable place) come back as ``Plan(error=...)`` before anything is written."""
+    if out.exists() and not out.is_dir():
+        return Plan(error=f"--out {out} exists and is not a directory")
+    state_file = out / STATE
+    if out.is_dir() and not overwrite:
+        if state_file.is_file():
+            try:
+                state = json.loads(state_file.read_text())
+                old = yaml.safe_load((out / io.CONFIG).read_text())
+            except (OSError, ValueError, yaml.YAMLError):
+                return Plan(error=f"--out {out} holds a damaged dataset (unreadable {STATE} or "
+                                  f"{io.CONFIG}); use --overwrite to replace it")
+            if state.get("fingerprint") != fp:
+                old_part = {k: (old or {}).get(k) for k in DATASET_SECTIONS}
+                diff = first_difference(old_part, dataset_part(cfg)) or "the catalogue file changed"
+                return Plan(error=f"--out {out} holds a dataset made from a different config "
+                                  f"({diff}); use --overwrite to replace it")
+        elif any(out.iterdir()):
+            what = "an incomplete dataset" if _is_dataset_dir(out) else "files that are not a lenshpc dataset"
+            return Plan(error=f"--out {out} already holds {what}; choose an empty or new "
+                              f"folder, or use --overwrite")
+    try:
+        if overwrite and out.is_dir():
+            _remove_products(out)
+        (out / io.SHARDS).mkdir(parents=True, exist_ok=True)
+        if not state_file.is_file():
+            io.atomic_write_text(out / io.CONFIG, cfg.to_yaml_text())
+            io.atomic_write_text(state_file, json.dumps(
+                {"fingerprint": fp, "n_images": cfg.dataset.n_images,
+                 "lenshpc_version": __version__}, indent=1) + "\n")
+        for stale in (out / io.SHARDS).glob(".shard-*.tmp"):  # left by killed ranks
+            stale.unlink(missing_ok=True)
+    except OSError as exc:
+        return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
+    if (out / io.INDEX).is_file():
+        return Plan(complete=True)
+    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    todo, done_items = [], 0
+    for k, r in enumerate(ranges):
+        info = io.shard_info(io.shard_path(out, k))
+        if (info is not None and info.start == r.start and info.n == len(r)
+                and info.attrs.get("fingerprint") == fp):
+            done_items += len(r)
+        else:
+            todo.append(k)
+    return Plan(todo=tuple(todo), done_items=done_items)
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def render_items(renderer: Renderer, cfg: Config, indices: range,
+                 catalogue: dict[str, np.ndarray] | None = None,
+                 on_item=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (n, H, W) float32, labels (n, 4) float32, truth (n, P) float64 of ``indices``.
+
+    Item i depends only on (cfg.seed, i); ``on_item()`` is called after each image."""
+    truth, labels = pop.sample(cfg.population, cfg.seed, indices, catalogue)
+    images = np.empty((len(indices), cfg.image.size, cfg.image.size), np.float32)
+    for j, i in enumerate(indices):
+        rng = pop.item_rng(cfg.seed, i, pop.NOISE_STREAM) if cfg.image.noise else None
+        images[j] = renderer.render_truth(TRUTH_NAMES, truth[j], rng=rng)
+        if on_item is not None:
+            on_item()
+    return images, labels, truth
+
+
+class _Reporter:
+    """Per-image callback: rank 0 advances the progress display and drains workers'
+    messages; a worker sends its count to rank 0 at most every ``every`` seconds."""
+
+    def __init__(self, world: World, progress: Progress | None, every: float = 0.5):
+        self.world, self.progress, self.every = world, progress, every
+        self.pending, self.last, self.finished = 0, time.monotonic(), 0
+
+    def __call__(self, n: int = 1) -> None:
+        self.pending += n
+        if self.world.is_root:
+            self.progress.advance(self.pending)
+            self.pending = 0
+            self.drain(block=False)
+        elif time.monotonic() - self.last >= self.every:
+            self.send()
+
+    def send(self, final: bool = False) -> None:
+        if self.world.comm is None:
+            return
+        self.world.comm.send((self.pending, final), dest=0, tag=PROGRESS_TAG)
+        self.pending, self.last = 0, time.monotonic()
+
+    def drain(self, block: bool) -> None:
+        comm = self.world.comm
+        if comm is None:
+            return
+        while self.finished < self.world.size - 1:
+            if not block and not comm.iprobe(tag=PROGRESS_TAG):
+                return
+            n, final = comm.recv(tag=PROGRESS_TAG)
+            self.progress.advance(n)
+            self.finished += bool(final)
+
+
+def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
+             catalogue: dict[str, np.ndarray] | None = None, catalogue_sha256: str | None = None,
+             stream=None, progress: bool = True) -> dict[str, Any]:
+    """Simulate the dataset of ``cfg`` into ``out`` with this rank's share of the shards.
+
+    Call on every rank with the same arguments. Returns (on every rank) a summary dict:
+    ``complete_before``, ``n_images``, ``shards_done``, ``wall_time_s``, ``write_time_s``
+    (this rank) and, on rank 0, ``write_share`` (writing / rank time over all ranks)."""
+    stream = sys.stderr if stream is None else stream
+    t0 = time.perf_counter()
+    fp = fingerprint(cfg, catalogue_sha256)
+    the_plan = world.bcast(plan(out, cfg, fp, overwrite) if world.is_root else None)
+    if the_plan.error:
+        raise UserError(the_plan.error)
+    summary: dict[str, Any] = {"complete_before": the_plan.complete, "n_images": cfg.dataset.n_images}
+    if the_plan.complete:
+        return summary
+    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    mine = the_plan.todo[world.rank::world.size]
+    renderer = Renderer(cfg.image)
+    bar = None
+    if world.is_root:
+        bar = Progress(cfg.dataset.n_images, the_plan.done_items, stream=stream, enabled=progress)
+        if the_plan.done_items:
+            print(f"resuming: {the_plan.done_items} of {cfg.dataset.n_images} images already "
+                  f"done in {len(ranges) - len(the_plan.todo)} shards", file=stream, flush=True)
+    report = _Reporter(world, bar)
+    attrs = {"fingerprint": fp, "seed": cfg.seed}
+    write_time = 0.0
+    for k in mine:
+        images, labels, truth = render_items(renderer, cfg, ranges[k], catalogue, on_item=report)
+        tw = time.perf_counter()
+        io.write_shard(io.shard_path(out, k), ranges[k].start, images, labels, truth,
+                       label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs,
+                       compression=cfg.dataset.compression)
+        write_time += time.perf_counter() - tw
+        _test_hook_after_shard(world.rank)
+    if not world.is_root:
+        report.send(final=True)
+    else:
+        report.drain(block=True)
+        bar.close()
+    rank_time = time.perf_counter() - t0
+    times = world.gather((write_time, rank_time))
+    summary.update(shards_done=len(mine), write_time_s=write_time)
+    if world.is_root:
+        tw = time.perf_counter()
+        write_dataset_index(out, cfg)
+        index_time = time.perf_counter() - tw
+        wall = time.perf_counter() - t0
+        summary.update(wall_time_s=wall, index_time_s=index_time,
+                       write_share=(sum(w for w, _ in times) + index_time) /
+                       (sum(r for _, r in times) + index_time))
+    else:
+        summary["wall_time_s"] = time.perf_counter() - t0
+    return summary
+
+
+def _test_hook_after_shard(rank: int) -> None:
+    """Test hook: ``LENSHPC_TEST_SLOW_SHARD=SECONDS`` sleeps after each shard write so a test
+    can kill -9 a rank between shards (never set in normal use)."""
+    delay = os.environ.get("LENSHPC_TEST_SLOW_SHARD")
+    if delay:
+        time.sleep(float(delay))
+
+
+# --------------------------------------------------------------------------- index
+
+
+def write_dataset_index(out: Path, cfg: Config) -> str:
+    """Rank 0, after every shard is written: ``out/dataset.h5``; returns the dataset checksum."""
+    import lenstronomy
+    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    checksums = []
+    for k, r in enumerate(ranges):
+        info = io.shard_info(io.shard_path(out, k))
+        if info is None or info.start != r.start or info.n != len(r):
+            raise RuntimeError(f"shard {io.shard_name(k)} is missing after every rank finished")
+        checksums.append(info.checksum)
+    d = cfg.dataset
+    split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds)
+    attrs = {"image_size": cfg.image.size, "pixel_scale": cfg.image.pixel_scale,
+             "supersampling_factor": cfg.image.supersampling, "seed": cfg.seed,
+             "config": cfg.to_yaml_text(), "lenshpc_version": __version__,
+             "lenstronomy_version": lenstronomy.__version__, "n_folds": d.n_folds,
+             "n_test": d.n_test, "n_images": d.n_images, "shard_size": d.shard_size}
+    return io.write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
+                          shard_ranges_=ranges, shard_checksums=checksums, split=split,
+                          label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs)
