@@ -41,6 +41,8 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered = set()
     for name, (module, help_) in COMMANDS.items():
+        if name in sub.choices:  # already added by a module that registers several commands
+            continue
         if command in (None, "-h", "--help") or name != command:
             sub.add_parser(name, help=help_, add_help=False)
             continue
