@@ -1,36 +1,116 @@
-"""Config section of the sbatch scripts: the site settings."""
+"""Config section of the sbatch scripts: the site settings.
+
+Defaults run on a plain one-node Slurm (2 CPUs, no GPU, no modules); a cluster user
+changes account, partition, time limits, GPUs, modules and environment activation
+here and nowhere else (the scripts are rendered from this section).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
-from lenshpc.config.schema import param
+from lenshpc.config.schema import UserError, param
+
+#: Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?)$")
+_MEMORY = re.compile(r"^\d+[KMGT]?$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _time(value: str) -> str | None:
+    return None if _TIME.match(value) else "is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)"
+
+
+def _memory(value: str) -> str | None:
+    return None if _MEMORY.match(value) else "is not a Slurm memory size (e.g. 4000, 4000M, 4G)"
+
+
+def _sbatch_options(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        if not v.startswith("--") or "\n" in v:
+            return f"has {v!r}, which is not a long sbatch option such as '--constraint=a100'"
+    return None
+
+
+def _assignments(values: tuple[str, ...]) -> str | None:
+    for v in values:
+        if not _ENV.match(v) or "\n" in v:
+            return f"has {v!r}, which is not NAME=VALUE"
+    return None
+
+
+@dataclass(frozen=True)
+class MpiJob:
+    """Resources of an MPI job (the simulate and evaluate stages)."""
+
+    nodes: int = param(1, ge=1, doc="--nodes.")
+    ntasks: int = param(2, ge=1, doc="--ntasks: MPI ranks of the job.")
+    cpus_per_task: int = param(1, ge=1, doc="--cpus-per-task.")
+    mem_per_cpu: str | None = param(None, check=_memory,
+                                    doc="--mem-per-cpu, e.g. 4G (null: the site default).")
+    time: str = param("01:00:00", check=_time, doc="--time: the job's time limit.")
+    partition: str | None = param(None, doc="--partition for this job (null: `slurm.partition`).")
+    extra: tuple[str, ...] = param((), check=_sbatch_options,
+                                   doc="Extra sbatch options of this job, e.g. '--exclusive'.")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Resources of each train array task (one job of the model x fold grid)."""
+
+    nodes: int = param(1, ge=1, doc="--nodes per task.")
+    ranks: int = param(1, ge=1, doc="Horovod ranks per task (--ntasks; a multiple of `nodes`).")
+    gpus: int = param(0, ge=0, doc="GPUs per node of each task (0: CPU only); usually "
+                      "ranks / nodes, one GPU per rank.")
+    gpu_option: Literal["gres", "gpus-per-node"] = param(
+        "gres", doc="How GPUs are asked for: --gres=gpu:G or --gpus-per-node=G.")
+    launcher: Literal["srun", "mpirun", "horovodrun"] = param(
+        "srun", doc="How a task starts its Horovod ranks.")
+    cpus_per_task: int = param(1, ge=1, doc="--cpus-per-task (CPU threads of each rank).")
+    mem_per_cpu: str | None = param(None, check=_memory,
+                                    doc="--mem-per-cpu, e.g. 4G (null: the site default).")
+    time: str = param("04:00:00", check=_time, doc="--time: time limit of each task.")
+    signal_seconds: int = param(300, ge=10, unit="s",
+                                doc="USR1 arrives this long before the time limit; training then "
+                                "stops after a checkpoint and the task requeues itself.")
+    max_requeues: int = param(3, ge=0, doc="A task requeues itself at most this often "
+                              "(counting every restart Slurm made of it).")
+    max_parallel: int = param(0, ge=0, doc="At most this many tasks run at once (--array=...%N; "
+                              "0: no limit).")
+    partition: str | None = param(None, doc="--partition of the tasks (null: `slurm.partition`).")
+    extra: tuple[str, ...] = param((), check=_sbatch_options,
+                                   doc="Extra sbatch options of the tasks, e.g. '--constraint=a100'.")
+
+    def validate(self, path: str) -> None:
+        if self.ranks % self.nodes:
+            raise UserError(f"config {path}.ranks: {self.ranks} ranks cannot be spread evenly "
+                            f"over {path}.nodes={self.nodes} nodes")
 
 
 @dataclass(frozen=True)
 class Slurm:
     """Site settings for the sbatch scripts; defaults run on a plain one-node Slurm."""
 
-    account: str | None = param(None, doc="--account (null: not given).")
-    partition: str | None = param(None, doc="--partition (null: the default partition).")
-    qos: str | None = param(None, doc="--qos (null: not given).")
-    modules: tuple[str, ...] = param((), doc="Modules to `module load` before running.")
-    setup: tuple[str, ...] = param((), doc="Shell lines run before lenshpc (e.g. `source .venv/bin/activate`); "
-                                   "empty: activate the .venv of the lenshpc checkout.")
-    simulate_ntasks: int = param(2, ge=1, doc="MPI ranks of the simulate job.")
-    simulate_nodes: int = param(1, ge=1, doc="Nodes of the simulate job.")
-    simulate_time: str = param("01:00:00", doc="Time limit of the simulate job.")
-    train_ranks: int = param(1, ge=1, doc="Horovod ranks per train array task.")
-    train_gpus: int = param(0, ge=0, doc="GPUs per train array task (0: CPU).")
-    train_launcher: Literal["srun", "mpirun", "horovodrun"] = param(
-        "mpirun", doc="How a train task starts its Horovod ranks.")
-    train_time: str = param("04:00:00", doc="Time limit of each train array task.")
-    evaluate_ntasks: int = param(2, ge=1, doc="MPI ranks of the evaluate job.")
-    evaluate_time: str = param("01:00:00", doc="Time limit of the evaluate job.")
-    cpus_per_task: int = param(1, ge=1, doc="--cpus-per-task.")
-    mem_per_cpu: str | None = param(None, doc="--mem-per-cpu, e.g. 4G (null: site default).")
-    signal_seconds: int = param(120, ge=10, unit="s",
-                                doc="Warning signal (USR1) this long before the time limit.")
-    max_requeues: int = param(3, ge=0, doc="A train task requeues itself at most this often.")
-    extra: tuple[str, ...] = param((), doc="Extra #SBATCH options, e.g. '--constraint=a100'.")
+    account: str | None = param(None, doc="--account of every job (null: not given).")
+    partition: str | None = param(None, doc="--partition of every job (null: the default partition).")
+    qos: str | None = param(None, doc="--qos of every job (null: not given).")
+    extra: tuple[str, ...] = param((), check=_sbatch_options,
+                                   doc="Extra sbatch options of every job, e.g. '--mail-type=FAIL'.")
+    modules: tuple[str, ...] = param((), doc="Modules to `module load`, in order, before anything "
+                                     "else (e.g. openmpi/4.1, cuda/12.2).")
+    setup: tuple[str, ...] = param(
+        (), doc="Shell lines that make `python` the one with lenshpc installed (e.g. `source "
+        "/path/.venv/bin/activate`); empty: activate the environment lenshpc was rendered from.")
+    environment: tuple[str, ...] = param(
+        ("HDF5_USE_FILE_LOCKING=FALSE",), check=_assignments,
+        doc="NAME=VALUE pairs exported in every job. HDF5 file locking is off by default because "
+        "Lustre and NFS often do not support it (see docs/cluster.md).")
+    mpi_launcher: Literal["srun", "mpirun"] = param(
+        "srun", doc="How the simulate and evaluate jobs start their MPI ranks.")
+    srun_mpi: str | None = param("pmix", doc="`srun --mpi=` value (pmix, pmi2, ...); null: the "
+                                 "site's MpiDefault.")
+    simulate: MpiJob = param(default_factory=MpiJob, doc="The simulate job.")
+    train: TrainJob = param(default_factory=TrainJob, doc="Each train array task.")
+    evaluate: MpiJob = param(default_factory=MpiJob, doc="The evaluate job.")
