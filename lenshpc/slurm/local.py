@@ -1,0 +1,115 @@
+"""``lenshpc run``: the whole pipeline on one machine, each stage under its own launcher.
+
+simulate and evaluate run under ``mpirun -n N python -m mpi4py -m lenshpc ...``; each
+unfinished training job in turn under ``mpirun`` (or ``horovodrun``) with N Horovod ranks.
+Stages already complete are skipped (same rules as ``lenshpc slurm submit``), so an
+interrupted run continues where it stopped when started again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Literal
+
+from lenshpc.config import Config, UserError
+from lenshpc.config.train import jobs
+from lenshpc.slurm.script import EXIT_INTERRUPTED
+from lenshpc.slurm.workdir import Workdir, prepare, progress
+
+TrainLauncher = Literal["mpirun", "horovodrun"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def launcher_env(environ: dict[str, str] | None = None, uid: int | None = None) -> dict[str, str]:
+    """The environment for the stages: this Python's bin first on PATH; as root, the
+    variables without which Open MPI refuses to start."""
+    env = dict(os.environ if environ is None else environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if (os.getuid() if uid is None else uid) == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
+def stage_command(stage: str, args: list[str], np_: int, cores: int,
+                  launcher: TrainLauncher = "mpirun") -> list[str]:
+    """The command running ``lenshpc STAGE ARGS`` with ``np_`` processes. Pure.
+
+    One process runs without a launcher; more run under mpirun (``--oversubscribe``
+    when they outnumber the cores) or, for training, optionally horovodrun."""
+    python = sys.executable
+    if np_ == 1:
+        return [python, "-m", "lenshpc", stage, *args]
+    if launcher == "horovodrun":
+        horovodrun = Path(python).parent / "horovodrun"
+        return [str(horovodrun) if horovodrun.exists() else "horovodrun", "-np", str(np_),
+                "-H", f"localhost:{np_}", python, "-m", "lenshpc", stage, *args]
+    # --bind-to none: the stages' own threads (TensorFlow, BLAS) may use every core.
+    cmd = ["mpirun", "-n", str(np_), "--bind-to", "none"]
+    if np_ > cores:
+        cmd.append("--oversubscribe")
+    return cmd + [python, "-m", "mpi4py", "-m", "lenshpc", stage, *args]
+
+
+def run(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher = "mpirun",
+        say: Callable[[str], None] = print) -> int:
+    """Run what is missing of the pipeline in ``wd``; returns an exit status
+    (0 done, 75 a training job was interrupted after a checkpoint, else a stage's)."""
+    needed = ["mpirun"] if np_ > 1 else []
+    if np_ > 1 and train_launcher == "horovodrun":
+        needed.append("horovodrun")
+    for tool in needed:
+        if shutil.which(tool, path=launcher_env()["PATH"]) is None:
+            raise UserError(f"{tool} not found on PATH (bin/setup installs it); or use --np 1")
+    prepare(cfg, wd)
+    env, cores = launcher_env(), usable_cores()
+    common = ["--config", str(wd.config)]
+
+    def step(title: str, stage: str, args: list[str], launcher: TrainLauncher = "mpirun") -> int:
+        cmd = stage_command(stage, common + args, np_, cores, launcher)
+        say(f"lenshpc run: {title}: {' '.join(cmd)}")
+        status = subprocess.run(cmd, env=env).returncode
+        if status == EXIT_INTERRUPTED:
+            say(f"lenshpc run: {title} was interrupted after a checkpoint; "
+                "run the same command again to continue")
+        elif status:
+            say(f"lenshpc run: {title} failed (exit status {status})")
+        return status
+
+    done = progress(cfg, wd)
+    if done.dataset_complete:
+        say(f"lenshpc run: simulate: done ({wd.dataset / 'dataset.h5'})")
+    else:
+        status = step("simulate", "simulate", ["--out", str(wd.dataset)])
+        if status:
+            return status
+    grid = jobs(cfg.train, cfg.dataset.n_folds)
+    for job in grid:
+        title = f"train job {job.index} of {len(grid)} ({job.path})"
+        if job.index in done.finished:
+            say(f"lenshpc run: {title}: done")
+            continue
+        status = step(title, "train", ["--data", str(wd.dataset), "--out", str(wd.runs),
+                                       "--job", str(job.index)], train_launcher)
+        if status:
+            return status
+    if progress(cfg, wd).report_current:
+        say(f"lenshpc run: evaluate: done ({wd.report})")
+    else:
+        status = step("evaluate", "evaluate", ["--data", str(wd.dataset), "--runs", str(wd.runs),
+                                               "--out", str(wd.report)])
+        if status:
+            return status
+    say(f"lenshpc run: report: {wd.report / 'report.md'}")
+    return 0
