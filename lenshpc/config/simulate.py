@@ -155,7 +155,9 @@ class Dataset:
     test_fraction: float = param(0.0837216608, ge=0, lt=1,
                                  doc="Fraction held out as test set (paper: 6,396 of 76,396).")
     n_folds: int = param(4, ge=2, le=100, doc="Cross-validation folds over the non-test items.")
-    shard_size: int = param(1000, ge=1, doc="Items per shard file; the unit of resume.")
+    shard_size: int = param(200, ge=1, doc="Items per shard file: the unit of work and of "
+                            "resume. Shards are dealt round-robin to ranks, so several per rank "
+                            "balance the load.")
     compression: Literal["none", "gzip", "lzf"] = param("none", doc="HDF5 compression of images.")
 
     @property
