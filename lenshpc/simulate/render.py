@@ -229,11 +229,39 @@ class Renderer:
         if engine not in ("fused", "lenstronomy"):
             raise ValueError(f"unknown engine {engine!r}")
         self.image, self.engine = image, engine
-        self.model = build_image_model(image)
         self.shape = (image.size, image.size)
+        self._model = None
+        if engine == "lenstronomy":
+            self._model = build_image_model(image)
+            return
+        kw = data_kwargs(image)
+        if image.psf == "none":
+            # Without a PSF, lenstronomy's numerics reduce to its regular (supersampled)
+            # grid and subpixel averaging; using that class alone spares ImageModel's imports
+            # (astropy, scipy.signal: about a second of start-up per process).
+            from lenstronomy.ImSim.Numerics.grid import RegularGrid
+            grid = RegularGrid(image.size, image.size, kw["transform_pix2angle"], kw["ra_at_xy_0"],
+                               kw["dec_at_xy_0"], supersampling_factor=image.supersampling)
+            area = grid.pixel_width ** 2
+            self._bin = lambda flux: grid.flux_array2image_low_high(flux)[0] * area
+        else:
+            from lenstronomy.Data.imaging_data import ImageData
+            from lenstronomy.Data.psf import PSF
+            from lenstronomy.ImSim.Numerics.numerics_subframe import NumericsSubFrame
+            data, psf = ImageData(**kw), PSF(**psf_kwargs(image))
+            psf.set_pixel_size(data.pixel_width)
+            grid = NumericsSubFrame(pixel_grid=data, psf=psf, **numerics_kwargs(image))
+            self._bin = grid.re_size_convolve
         self._x, self._y = (np.ascontiguousarray(c, dtype=np.float64)
-                            for c in self.model.ImageNumerics.coordinates_evaluate)
+                            for c in grid.coordinates_evaluate)
         self._flux = np.empty_like(self._x)
+
+    @property
+    def model(self):
+        """The lenstronomy ``ImageModel`` of this grid (built on first use)."""
+        if self._model is None:
+            self._model = build_image_model(self.image)
+        return self._model
 
     def model_image(self, kwargs_lens, kwargs_source, kwargs_lens_light) -> np.ndarray:
         """Noise-free (H, W) float64 image in lenstronomy flux units, PSF applied."""
@@ -241,8 +269,8 @@ class Renderer:
             _lensed_flux(self._x, self._y, _vector(kwargs_lens[0], "lens_mass"),
                          _vector(kwargs_source[0], "source_light"),
                          _vector(kwargs_lens_light[0], "lens_light"), self._flux)
-            # lenstronomy's own subpixel binning, PSF and flux units, as ImageModel.image
-            img = self.model.ImageNumerics.re_size_convolve(self._flux) * self.model._flux_scaling
+            # lenstronomy's own subpixel binning, PSF and pixel-area units, as ImageModel.image
+            img = self._bin(self._flux)
         else:
             img = self.model.image(kwargs_lens=kwargs_lens, kwargs_source=kwargs_source,
                                    kwargs_lens_light=kwargs_lens_light)
