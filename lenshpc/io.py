@@ -6,8 +6,10 @@ Layout of a dataset directory DIR::
     DIR/shards/shard-NNNNN.h5    items [k*shard_size, (k+1)*shard_size): images, labels, truth
     DIR/dataset.h5               written last: virtual datasets over the shards + split
 
-A shard is written to a temporary name in ``DIR/shards/`` and renamed when whole and
-synced, so a file with the final name is always complete. ``dataset.h5`` maps the
+A shard is written to a temporary name in ``DIR/shards/`` and renamed when whole, so a
+file with the final name is always complete after any process dies. (No fsync: after a
+node crash, a resumed run recomputes the checksums of the shards it finds and redoes any
+that do not match, which costs nothing in a normal run.) ``dataset.h5`` maps the
 shards with HDF5 virtual datasets whose source paths are relative to ``dataset.h5``'s
 own directory, so the directory can be moved; plain h5py reads ``images``, ``labels``
 and ``truth`` as single (N, ...) datasets.
@@ -63,25 +65,10 @@ def dataset_checksum(shard_checksums: Sequence[str], split: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync(path)
-    except OSError:  # some file systems refuse directory fsync; the rename is still atomic
-        pass
-
-
 def write_shard(path: Path, start: int, images: np.ndarray, labels: np.ndarray,
                 truth: np.ndarray, *, label_names: Sequence[str], truth_names: Sequence[str],
                 attrs: dict[str, Any], compression: str = "none") -> str:
-    """Write one shard atomically (temp name, fsync, rename); return its checksum.
+    """Write one shard atomically (temp name, rename); return its checksum.
 
     ``start`` is the global index of the shard's first item; ``attrs`` (e.g. the config
     fingerprint) are stored as root attributes beside ``start``, ``n`` and ``checksum``."""
@@ -103,12 +90,10 @@ def write_shard(path: Path, start: int, images: np.ndarray, labels: np.ndarray,
             f.attrs["start"] = int(start)
             f.attrs["n"] = int(n)
             f.attrs["checksum"] = digest
-        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
     return digest
 
 
@@ -146,9 +131,12 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return f["images"][...], f["labels"][...], f["truth"][...]
 
 
-def shard_checksum_on_disk(path: Path) -> str:
-    """The checksum recomputed from a shard's data (raises OSError/KeyError if unreadable)."""
-    return checksum(*read_shard(path))
+def shard_intact(path: Path) -> bool:
+    """True if a shard's data still hash to the checksum it was written with."""
+    try:
+        return checksum(*read_shard(path)) == str(read_attrs(path).get("checksum", ""))
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def write_index(root: Path, *, n_items: int, image_shape: tuple[int, int],
@@ -185,12 +173,10 @@ def write_index(root: Path, *, n_items: int, image_shape: tuple[int, int],
             for key, value in attrs.items():
                 f.attrs[key] = value
             f.attrs["checksum"] = digest
-        _fsync(tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(root)
     return digest
 
 

@@ -85,7 +85,7 @@ class Plan:
     error: str | None = None
     complete: bool = False
     todo: tuple[int, ...] = ()
-    done_items: int = 0
+    done: tuple[int, ...] = ()  # shards whose files say they are complete (checksums unchecked)
 
 
 def _is_dataset_dir(out: Path) -> bool:
@@ -140,15 +140,22 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
     if (out / io.INDEX).is_file():
         return Plan(complete=True)
     ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
-    todo, done_items = [], 0
+    todo, done = [], []
     for k, r in enumerate(ranges):
         info = io.shard_info(io.shard_path(out, k))
         if (info is not None and info.start == r.start and info.n == len(r)
                 and info.attrs.get("fingerprint") == fp):
-            done_items += len(r)
+            done.append(k)
         else:
             todo.append(k)
-    return Plan(todo=tuple(todo), done_items=done_items)
+    return Plan(todo=tuple(todo), done=tuple(done))
+
+
+def shards_to_redo(out: Path, done: tuple[int, ...], world: World) -> list[int]:
+    """Shards among ``done`` whose data no longer match their checksum (e.g. after a node
+    crash), checked by all ranks in parallel; the same sorted list on every rank."""
+    bad = [k for k in done[world.rank::world.size] if not io.shard_intact(io.shard_path(out, k))]
+    return sorted(k for part in world.allgather(bad) for k in part)
 
 
 # --------------------------------------------------------------------------- kernel
@@ -223,14 +230,19 @@ def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
     if the_plan.complete:
         return summary
     ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
-    mine = the_plan.todo[world.rank::world.size]
+    redo = shards_to_redo(out, the_plan.done, world) if the_plan.done else []
+    todo = sorted((*the_plan.todo, *redo))
+    mine = todo[world.rank::world.size]
+    done_items = sum(len(ranges[k]) for k in the_plan.done if k not in redo)
     renderer = Renderer(cfg.image)
     bar = None
     if world.is_root:
-        bar = Progress(cfg.dataset.n_images, the_plan.done_items, stream=stream, enabled=progress)
-        if the_plan.done_items:
-            print(f"resuming: {the_plan.done_items} of {cfg.dataset.n_images} images already "
-                  f"done in {len(ranges) - len(the_plan.todo)} shards", file=stream, flush=True)
+        bar = Progress(cfg.dataset.n_images, done_items, stream=stream, enabled=progress)
+        if the_plan.done:
+            print(f"resuming: {done_items} of {cfg.dataset.n_images} images already done in "
+                  f"{len(the_plan.done) - len(redo)} shards"
+                  + (f"; redoing {len(redo)} damaged shard(s)" if redo else ""),
+                  file=stream, flush=True)
     report = _Reporter(world, bar)
     attrs = {"fingerprint": fp, "seed": cfg.seed}
     write_time = 0.0

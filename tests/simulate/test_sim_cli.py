@@ -236,3 +236,20 @@ def test_overwrite_replaces_a_dataset_from_another_config(small, tmp_path):
 def test_main_returns_exit_status_in_process(tmp_path):
     from lenshpc.cli import main
     assert main(["simulate", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 2
+
+
+def test_resume_redoes_a_shard_whose_data_no_longer_match_its_checksum(small, tmp_path):
+    """As after a node crash: a shard file with its final name but damaged data."""
+    cfg, src = small
+    out = tmp_path / "crashed"
+    shutil.copytree(src, out)
+    (out / "dataset.h5").unlink()
+    (out / "shards" / "shard-00002.h5").unlink()
+    with h5py.File(out / "shards" / "shard-00001.h5", "r+") as f:
+        f["images"][0] = 0.0
+    kept = (out / "shards" / "shard-00000.h5").stat().st_mtime_ns
+    proc = lenshpc("simulate", "--config", cfg, "--out", out, check=True)
+    assert "redoing 1 damaged shard" in proc.stderr
+    assert (out / "shards" / "shard-00000.h5").stat().st_mtime_ns == kept
+    with h5py.File(out / "dataset.h5", "r") as f, h5py.File(src / "dataset.h5", "r") as g:
+        assert f.attrs["checksum"] == g.attrs["checksum"]
