@@ -36,6 +36,8 @@ class Network:
     conv3_kernel: int = param(3, ge=1, unit="pixels", doc="Block 3 kernel size.")
     pool_size: int = param(2, ge=1, unit="pixels", doc="Max-pool size and stride.")
     batch_norm: bool = param(True, doc="BatchNorm after every conv layer (assumed in block 3).")
+    batch_norm_momentum: float = param(0.99, gt=0, lt=1, doc="Momentum of the BatchNorm moving "
+                                       "statistics used at inference (lower adapts in fewer steps).")
     dense1: int = param(512, ge=1, doc="Units of the first dense layer.")
     dense2: int = param(1024, ge=1, doc="Units of the second dense layer.")
 
@@ -63,6 +65,15 @@ class Train:
     reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor.")
     reduce_lr_patience: int = param(5, ge=0, doc="ReduceLROnPlateau patience (epochs).")
     min_lr: float = param(1e-6, ge=0, doc="ReduceLROnPlateau lower bound.")
+    read_block_mb: int = param(256, ge=1, unit="MiB", doc="Size of one contiguous HDF5 read when "
+                               "a rank loads its share of the fold into memory.")
+    prefetch_batches: int = param(4, ge=1, doc="Batches prepared ahead of the training step.")
+    threads_per_rank: int | None = param(None, ge=1, doc="TensorFlow intra-op threads per rank "
+                                         "(null: the rank's CPUs, shared among the ranks of a node).")
+    stop_check_steps: int = param(10, ge=1, doc="With several ranks: every this many steps the "
+                                  "ranks agree (one small allreduce) whether SIGTERM/SIGUSR1 arrived; "
+                                  "one rank checks after every step.")
+    tensorboard: bool = param(True, doc="Write TensorBoard logs (rank 0) to RUNS/<model>/fold-<k>/logs.")
 
     def validate(self, path: str) -> None:
         names = [m.name for m in self.models]

@@ -1,0 +1,73 @@
+"""The modified AlexNet of METHOD.md section 2 and its weighted loss.
+
+The network body predicts standardised targets; its last layer, a fixed ``Rescaling``
+with scale = std and offset = mean of the training fold, maps them to physical units
+(theta_E in arcsec; q, e1, e2 dimensionless). The saved model therefore needs no side
+file, and only built-in Keras layers appear in it. Training on the physical output with
+the loss below is the same as training on standardised targets.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from lenshpc.config.train import TARGETS, DropoutModel, Network
+
+L = tf.keras.layers
+
+
+def _conv(x, filters: int, kernel: int, stride: int, network: Network, name: str):
+    # BatchNorm's shift makes the conv bias redundant.
+    x = L.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not network.batch_norm,
+                 name=f"{name}_conv")(x)
+    if network.batch_norm:
+        x = L.BatchNormalization(momentum=network.batch_norm_momentum, name=f"{name}_bn")(x)
+    return L.ReLU(name=f"{name}_relu")(x)
+
+
+def build_model(network: Network, dropout: DropoutModel, image_size: int,
+                target_mean: Sequence[float], target_std: Sequence[float]) -> tf.keras.Model:
+    """The network for (N, size, size, 1) float32 images -> (N, 4) physical theta_E, q, e1, e2.
+
+    ``target_mean``/``target_std`` (4 values, physical units) are the training fold's
+    statistics; they become the fixed output ``Rescaling`` layer. 'same' padding keeps
+    every block valid for small debug images."""
+    n = network
+    images = tf.keras.Input((image_size, image_size, 1), name="image")
+    x = _conv(images, n.conv1_filters, n.conv1_kernel, n.conv1_stride, n, "block1")
+    x = L.MaxPooling2D(n.pool_size, padding="same", name="block1_pool")(x)
+    x = _conv(x, n.conv2_filters, n.conv2_kernel, n.conv2_stride, n, "block2")
+    x = L.MaxPooling2D(n.pool_size, padding="same", name="block2_pool")(x)
+    for i in range(n.conv3_layers):
+        x = _conv(x, n.conv3_filters, n.conv3_kernel, 1, n, f"block3_{i + 1}")
+    x = L.MaxPooling2D(n.pool_size, padding="same", name="block3_pool")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(n.dense1, activation="relu", name="dense1")(x)
+    x = L.Dropout(dropout.p1, name="dropout1")(x)
+    x = L.Dense(n.dense2, activation="relu", name="dense2")(x)
+    x = L.Dropout(dropout.p2, name="dropout2")(x)
+    standardised = L.Dense(len(TARGETS), name="standardised")(x)
+    physical = L.Rescaling(scale=[float(s) for s in target_std],
+                           offset=[float(m) for m in target_mean], name="to_physical")(standardised)
+    return tf.keras.Model(images, physical, name=f"alexnet_{dropout.name}")
+
+
+def weighted_mse(weights: Sequence[float], target_std: Sequence[float]):
+    """Loss of METHOD.md: mean over the batch of sum_j w_j (y_j - yhat_j)^2, with y and
+    yhat standardised (divided by the training fold's std; the means cancel)."""
+    w = tf.constant(np.asarray(weights, np.float32))
+    inv_std = tf.constant(1.0 / np.asarray(target_std, np.float32))
+
+    def loss(y_true, y_pred):
+        return tf.reduce_sum(w * tf.square((y_true - y_pred) * inv_std), axis=-1)
+
+    loss.__name__ = "weighted_mse"
+    return loss
+
+
+def inference_model(model: tf.keras.Model) -> tf.keras.Model:
+    """The same layers and weights without optimizer or loss: what ``model.keras`` holds."""
+    return tf.keras.Model(model.inputs, model.outputs, name=model.name)

@@ -1,0 +1,155 @@
+"""What a job leaves in ``RUNS/<model>/fold-<k>/``, and how it is written.
+
+Every file is written to a temporary name in the same directory, synced and renamed, so
+a reader (or a restarted job) sees the old version or the new one, never half of one::
+
+    checkpoint.npz   weights, optimizer state and the bookkeeping (JSON) after the last
+                     whole epoch: the unit of resume
+    history.csv      epoch, loss, val_loss, mae, val_mae, lr (one row per whole epoch)
+    run.json         what the job is and how far it got (``finished`` once model.keras is whole)
+    model.keras      the finished model (plain Keras, physical outputs)
+    logs/            TensorBoard event files
+
+Pure Python + numpy: no TensorFlow needed to read any of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Columns of history.csv, in order (the contract with evaluate).
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mae", "val_mae", "lr")
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """Paths of one job's products."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.npz"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.keras"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def _sync_and_replace(tmp: Path, final: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def _tmp(final: Path, suffix: str = ".tmp") -> Path:
+    return final.with_name(f".{final.name}.{os.getpid()}{suffix}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file, fsync and rename."""
+    tmp = _tmp(path)
+    try:
+        tmp.write_text(text)
+        _sync_and_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None if it does not exist or is not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def history_text(rows: Sequence[dict[str, float]]) -> str:
+    """history.csv text. Floats as repr: rewriting the same rows gives the same bytes."""
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in rows:
+        lines.append(",".join(str(int(row[c])) if c == "epoch" else repr(float(row[c]))
+                              for c in HISTORY_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """Rows of a history.csv (epoch as int, the rest as float)."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in zip(header, line.split(","))}
+            for line in lines[1:] if line]
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+@dataclass
+class Checkpoint:
+    """The state after a whole epoch: model weights (all, incl. BatchNorm statistics),
+    optimizer weights (incl. its step counter) and the bookkeeping dict ``state``."""
+
+    model: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    state: dict[str, Any]
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write ``checkpoint.npz`` atomically (temporary file, fsync, rename)."""
+    arrays = {f"model_{i:04d}": w for i, w in enumerate(ckpt.model)}
+    arrays.update({f"optimizer_{i:04d}": w for i, w in enumerate(ckpt.optimizer)})
+    arrays["state"] = np.array(json.dumps(ckpt.state, allow_nan=True))
+    tmp = _tmp(path, ".npz")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        _sync_and_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`."""
+    with np.load(path, allow_pickle=False) as z:
+        names = sorted(z.files)
+        model = [z[n] for n in names if n.startswith("model_")]
+        optimizer = [z[n] for n in names if n.startswith("optimizer_")]
+        state = json.loads(str(z["state"]))
+    return Checkpoint(model, optimizer, state)
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any] | None:
+    """Only the bookkeeping of a checkpoint (no weights loaded), or None if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["state"]))
+    except (OSError, ValueError, KeyError):
+        return None
