@@ -41,6 +41,7 @@ def info(root: Path) -> dict[str, Any]:
         with h5py.File(root / io.INDEX, "r") as f:
             attrs = io.read_attrs(root / io.INDEX)
             labels = f["labels"][...]
+            truth = f["truth"][...]
             label_names = io.decode_names(f["labels"].attrs["names"])
             truth_names = io.decode_names(f["truth"].attrs["names"])
             split = f["split"][...]
@@ -48,12 +49,16 @@ def info(root: Path) -> dict[str, Any]:
     except (OSError, KeyError) as exc:
         raise UserError(f"{root / io.INDEX}: unreadable: {exc}") from None
     folds = {str(k): int(np.sum(split == k)) for k in range(int(attrs["n_folds"]))}
-    ranges = {name: [float(np.nanmin(labels[:, j])), float(np.nanmax(labels[:, j]))]
-              for j, name in enumerate(label_names)} if n else {}
+    def ranges(values: np.ndarray, names: list[str]) -> dict[str, list[float]]:
+        if not len(values):
+            return {}
+        return {name: [float(np.nanmin(values[:, j])), float(np.nanmax(values[:, j]))]
+                for j, name in enumerate(names)}
     return {"path": str(root), "complete": True, "n_images": int(n), "image_shape": [int(h), int(w)],
             "pixel_scale": float(attrs["pixel_scale"]),
             "supersampling_factor": int(attrs["supersampling_factor"]), "seed": int(attrs["seed"]),
-            "labels": label_names, "label_ranges": ranges, "truth": truth_names,
+            "labels": label_names, "label_ranges": ranges(labels, label_names),
+            "truth": truth_names, "truth_ranges": ranges(truth, truth_names),
             "n_folds": int(attrs["n_folds"]), "fold_sizes": folds, "n_test": int(np.sum(split == -1)),
             "checksum": str(attrs["checksum"]), "lenshpc_version": str(attrs["lenshpc_version"]),
             "lenstronomy_version": str(attrs["lenstronomy_version"])}
@@ -75,7 +80,8 @@ def info_text(d: dict[str, Any]) -> str:
              f"  split     {d['n_folds']} folds of {', '.join(map(str, d['fold_sizes'].values()))}; "
              f"{d['n_test']} test",
              "  labels    " + ", ".join(f"{k} {lo:.3g}..{hi:.3g}" for k, (lo, hi) in d["label_ranges"].items()),
-             f"  truth     {len(d['truth'])} columns: {', '.join(d['truth'])}",
+             f"  truth     {len(d['truth'])} columns:",
+             *(f"    {k:24s} {lo:9.4g} .. {hi:.4g}" for k, (lo, hi) in d["truth_ranges"].items()),
              f"  seed      {d['seed']}",
              f"  checksum  {d['checksum']}",
              f"  versions  lenshpc {d['lenshpc_version']}, lenstronomy {d['lenstronomy_version']}"]

@@ -1,0 +1,178 @@
+"""Benchmark of ``lenshpc simulate`` against a naive lenstronomy loop (issue 2).
+
+Measured in one run, each as a whole process (start-up, imports, rendering, writing):
+
+- production: ``lenshpc simulate`` with one rank;
+- naive: a script that draws the same systems, builds a lenstronomy ``ImageModel`` for
+  every image, renders, normalises and writes the images to one HDF5 file;
+
+at 64x64 without supersampling (debug config) and at the paper config's size with its
+supersampling (112x112, 3x3); the images of both are checked equal. Then the production
+path with 1 and 2 MPI ranks (speed-up) and its share of rank time spent writing.
+
+Run: ``.venv/bin/python bench/simulate.py [--quick]``; writes its section of
+docs/performance.md. The numba cache is warmed first (its one-off compile is reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench._report import write_section  # noqa: E402
+
+PYTHON = sys.executable
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+NAIVE = r'''
+import sys, h5py, numpy as np
+from lenstronomy.Data.imaging_data import ImageData
+from lenstronomy.Data.psf import PSF
+from lenstronomy.ImSim.image_model import ImageModel
+from lenstronomy.LensModel.lens_model import LensModel
+from lenstronomy.LightModel.light_model import LightModel
+from lenstronomy.Util.simulation_util import data_configure_simple
+from lenshpc.config import load
+from lenshpc.simulate import population as pop
+from lenshpc.simulate.render import TRUTH_NAMES, truth_to_kwargs
+
+cfg = load(sys.argv[1]); n = cfg.dataset.n_images; im = cfg.image
+truth, labels = pop.sample(cfg.population, cfg.seed, range(n))
+images = np.empty((n, im.size, im.size), np.float32)
+for i in range(n):
+    model = ImageModel(ImageData(**data_configure_simple(im.size, im.pixel_scale)), PSF("NONE"),
+                       LensModel(["SIE"]), LightModel(["SERSIC_ELLIPSE"]), LightModel(["SERSIC_ELLIPSE"]),
+                       kwargs_numerics={"supersampling_factor": im.supersampling})
+    kl, ks, kll = truth_to_kwargs(TRUTH_NAMES, truth[i])
+    img = model.image(kl, ks, kll)
+    images[i] = img / img.max()
+with h5py.File(sys.argv[2], "w") as f:
+    f["images"] = images; f["labels"] = labels; f["truth"] = truth
+'''
+
+
+def config(tmp: Path, name: str, base: str, n: int, **image) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / base).read_text())
+    data["dataset"].update(n_images=n, shard_size=max(1, n // 8))
+    data["image"].update(image)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return wall, proc.stdout
+
+
+def production(cfg: Path, out: Path, ranks: int | None = None) -> tuple[float, float]:
+    """(wall s, write share) of ``lenshpc simulate`` into a fresh ``out`` (``ranks``: under
+    mpirun with that many ranks; None: one process without a launcher)."""
+    shutil.rmtree(out, ignore_errors=True)
+    if ranks is None:
+        cmd = [PYTHON, "-m", "lenshpc", "simulate", "--config", str(cfg), "--out", str(out),
+               "--no-progress"]
+    else:
+        cmd = ["mpirun", "-n", str(ranks), "--oversubscribe", "--bind-to", "none", PYTHON, "-m",
+               "mpi4py", "-m", "lenshpc", "simulate", "--config", str(cfg), "--out", str(out),
+               "--no-progress"]
+    wall, stdout = timed(cmd)
+    share = float(re.search(r"writing ([0-9.]+)%", stdout).group(1)) / 100
+    return wall, share
+
+
+def naive(cfg: Path, out: Path) -> float:
+    wall, _ = timed([PYTHON, "-c", NAIVE, str(cfg), str(out)])
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    tmp = Path(tempfile.mkdtemp(prefix="lenshpc-bench-sim-"))
+    try:
+        # warm the numba cache of the fused renderer (a fresh clone compiles it once)
+        warm = config(tmp, "warm", "debug.yaml", 8, size=16)
+        cache = list((ROOT / "lenshpc" / "simulate" / "__pycache__").glob("render*.nb*"))
+        compile_s = None
+        if not cache:
+            t_first, _ = production(warm, tmp / "warm")
+            t_again, _ = production(warm, tmp / "warm2")
+            compile_s = t_first - t_again
+        else:
+            production(warm, tmp / "warm")
+
+        cases = [("64x64, no supersampling", "debug.yaml", int(2000 * scale), {"size": 64, "supersampling": 1}),
+                 ("112x112, supersampling 3 (paper)", "paper.yaml", int(200 * scale),
+                  {"size": 112, "supersampling": 3})]
+        rows = []
+        for label, base, n, image in cases:
+            cfg = config(tmp, base.split(".")[0], base, n, **image)
+            t_prod, share = production(cfg, tmp / "prod")
+            t_naive = naive(cfg, tmp / "naive.h5")
+            with h5py.File(tmp / "prod" / "dataset.h5") as a, h5py.File(tmp / "naive.h5") as b:
+                np.testing.assert_allclose(a["images"][...], b["images"][...], rtol=1e-5, atol=1e-6)
+                np.testing.assert_array_equal(a["labels"][...], b["labels"][...])
+            rows.append((label, n, n / t_prod, n / t_naive, t_naive / t_prod, share))
+            print(f"{label}: {n} images, production {n / t_prod:.1f}/s, naive {n / t_naive:.1f}/s, "
+                  f"ratio {t_naive / t_prod:.2f}x, writing {100 * share:.1f}%", flush=True)
+
+        n_scale = int(800 * scale)
+        cfg = config(tmp, "scale", "paper.yaml", n_scale, size=112, supersampling=3)
+        t1, share1 = production(cfg, tmp / "r1", ranks=1)
+        t2, share2 = production(cfg, tmp / "r2", ranks=2)
+        with h5py.File(tmp / "r1" / "dataset.h5") as a, h5py.File(tmp / "r2" / "dataset.h5") as b:
+            assert a.attrs["checksum"] == b.attrs["checksum"]
+        print(f"1 -> 2 ranks ({n_scale} images, 112x112 ss3): {t1:.1f} s -> {t2:.1f} s, "
+              f"speed-up {t1 / t2:.2f}x, writing {100 * share2:.1f}%", flush=True)
+        load = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    lines = ["## Simulate (`bench/simulate.py`)", "",
+             "Whole processes, start-up and writing included; production = `lenshpc simulate`, "
+             "naive = a loop that builds a lenstronomy `ImageModel` for every image (same "
+             "systems; images checked equal). One rank unless stated.", "",
+             "| case | images | production images/s/core | naive images/s/core | production / naive | writing share |",
+             "|---|---|---|---|---|---|"]
+    for label, n, p, q, r, s in rows:
+        lines.append(f"| {label} | {n} | {p:.1f} | {q:.1f} | **{r:.2f}x** | {100 * s:.1f}% |")
+    lines += ["", "| ranks (mpirun, 112x112 ss3) | images | wall time | speed-up | writing share |",
+              "|---|---|---|---|---|",
+              f"| 1 | {n_scale} | {t1:.1f} s | 1.00x | {100 * share1:.1f}% |",
+              f"| 2 | {n_scale} | {t2:.1f} s | **{t1 / t2:.2f}x** | {100 * share2:.1f}% |", "",
+              "Goals (issue 2): production >= 2x naive; 1 -> 2 ranks >= 1.8x; writing < 5%.",
+              f"Load average at the end of the run: {load:.1f} on {os.cpu_count()} cores "
+              "(other jobs share the machine: the rank speed-up is bounded by free cores)."]
+    if compile_s is not None:
+        lines.append(f"First run after a fresh clone compiles the fused renderer once "
+                     f"(~{compile_s:.1f} s, then cached by numba).")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write and not args.quick:
+        write_section("simulate", text)
+
+
+if __name__ == "__main__":
+    main()
