@@ -7,12 +7,33 @@ from dataclasses import dataclass
 from lenshpc.config.schema import param
 
 
+def _mc_samples_ok(n: int) -> str | None:
+    return None if n == 0 or n >= 2 else "must be 0 (off) or at least 2 (a spread needs two passes)"
+
+
 @dataclass(frozen=True)
 class Evaluate:
-    """Evaluation: work split, MC dropout, figures."""
+    """Evaluation: work split, MC dropout, re-rendering and figures."""
 
-    chunk_size: int = param(256, ge=1, doc="Test items per unit of work (job x chunk) spread over ranks.")
-    batch_size: int = param(256, ge=1, doc="Prediction batch size.")
-    mc_samples: int = param(0, ge=0, doc="MC-dropout passes per image (0: off; --mc-samples overrides).")
+    chunk_size: int = param(256, ge=1, doc="Test items per unit of work (job x chunk) spread over "
+                            "ranks. Units are fixed by item index, so results do not depend on "
+                            "the number of ranks.")
+    batch_size: int = param(256, ge=1, doc="Prediction batch size (batches are cut inside a chunk, "
+                            "so an item's batch is the same on any number of ranks).")
+    mc_samples: int = param(0, ge=0, check=_mc_samples_ok,
+                            doc="MC-dropout passes per image (0: off; --mc-samples overrides). "
+                            "Dropout is active, batch normalisation stays in inference mode.")
+    theta_E_min: float = param(1e-3, gt=0, unit="arcsec",
+                               doc="Predicted theta_E below this is raised to it before "
+                               "re-rendering (an SIE needs theta_E > 0); metrics use the raw "
+                               "prediction.")
+    max_ellipticity: float = param(0.9, gt=0, lt=1,
+                                   doc="Predicted (e1, e2) with a longer modulus are shortened to "
+                                   "it before re-rendering (|e| < 1 means q > 0); metrics use the "
+                                   "raw prediction.")
+    threads: int = param(0, ge=0, doc="TensorFlow intra-op threads per rank (0: TensorFlow's "
+                         "default, all cores of the node).")
+    figures: bool = param(True, doc="Draw the figures (false: tables and report.md only, e.g. "
+                          "for a quick re-evaluation).")
     n_examples: int = param(8, ge=1, doc="Example images shown in the report.")
     dpi: int = param(200, ge=50, doc="Resolution of the PNG figures.")

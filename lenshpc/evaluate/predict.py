@@ -1,0 +1,116 @@
+"""Predictions of a trained model: deterministic, and MC dropout with fixed seeds.
+
+The only TensorFlow-dependent module of the evaluate stage (imported when there is
+something to predict). A model maps ``(N, H, W, 1)`` float32 images (maximum 1) to
+``(N, 4)`` physical ``theta_E`` (arcsec), ``q``, ``e1``, ``e2``.
+
+Rank invariance: a chunk of test items is always cut into the same batches
+(``batch_size`` from the chunk's first item), so an item's prediction does not depend
+on which rank predicted it. MC-dropout masks come from stateless random numbers
+seeded by (root seed, job, first item of the chunk, pass, batch, layer), never by rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lenshpc.config import UserError
+
+
+def configure_threads(threads: int) -> None:
+    """Set TensorFlow's intra-op threads (0 keeps TensorFlow's default). Call before any op."""
+    import tensorflow as tf
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def load_model(path) -> object:
+    """The Keras model saved by ``lenshpc train`` (compile=False); UserError if unreadable."""
+    import tensorflow as tf
+    try:
+        return tf.keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
+        raise UserError(f"cannot load model {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(start + batch_size, n)
+
+
+def predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """``(N, 4)`` float64 predictions of ``images`` ``(N, H, W)`` in inference mode."""
+    out = np.empty((len(images), 4), dtype=np.float64)
+    for start, stop in _batches(len(images), batch_size):
+        x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
+        out[start:stop] = np.asarray(model(x, training=False), dtype=np.float64)
+    return out
+
+
+def dropout_rates(model) -> list[float]:
+    """Rates of the model's Dropout layers (searched through nested models)."""
+    import tensorflow as tf
+    rates = []
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.Model):
+            rates += dropout_rates(layer)
+        elif isinstance(layer, tf.keras.layers.Dropout):
+            rates.append(float(layer.rate))
+    return rates
+
+
+class MCDropoutPredictor:
+    """MC dropout: the model with its Dropout layers always active and seeded.
+
+    Dropout layers are replaced by a seeded dropout; every other layer is the trained
+    layer itself (shared weights), called in inference mode, so batch normalisation
+    uses its moving statistics (in training mode it would use the batch's own
+    statistics, making predictions depend on the batch and updating the averages)."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        self.has_dropout = any(r > 0 for r in dropout_rates(model))
+        self._seed = (0, 0)   # set before each call; read by the dropout layers in eager mode
+        predictor = self
+
+        class SeededDropout(tf.keras.layers.Layer):
+            def __init__(self, rate: float, layer_id: int, **kw):
+                super().__init__(**kw)
+                self.rate, self.layer_id = float(rate), layer_id
+
+            def call(self, x, training=None):
+                if self.rate <= 0:
+                    return x
+                seed = np.random.SeedSequence([*predictor._seed, self.layer_id]).generate_state(2)
+                u = tf.random.stateless_uniform(tf.shape(x), seed=tf.constant(seed, tf.int64),
+                                                dtype=x.dtype)
+                return tf.where(u >= self.rate, x / (1.0 - self.rate), tf.zeros_like(x))
+
+        counter = iter(range(1_000_000))
+
+        def clone(layer):
+            if isinstance(layer, tf.keras.layers.Dropout):
+                return SeededDropout(layer.rate, next(counter), name=f"mc_{layer.name}")
+            return layer   # the trained layer itself: weights shared, not copied
+
+        self.mc_model = tf.keras.models.clone_model(model, clone_function=clone) if self.has_dropout else None
+
+    def predict(self, images: np.ndarray, batch_size: int, samples: int,
+                seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (ddof=1) over ``samples`` passes, each ``(N, 4)``.
+
+        ``seed`` identifies the chunk (root seed, job, first item); a model without
+        dropout gives its deterministic prediction and zero spread."""
+        if not self.has_dropout:
+            return predict(self.model, images, batch_size), np.zeros((len(images), 4))
+        passes = np.empty((samples, len(images), 4), dtype=np.float64)
+        for s in range(samples):
+            for b, (start, stop) in enumerate(_batches(len(images), batch_size)):
+                self._seed = (*seed, s, b)
+                x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
+                passes[s, start:stop] = np.asarray(self.mc_model(x, training=False), dtype=np.float64)
+        return passes.mean(axis=0), passes.std(axis=0, ddof=1)

@@ -1,0 +1,157 @@
+"""Bad input and re-runs: one clear line and exit 2; nothing already written lost;
+jobs already evaluated for the same model file and dataset are not redone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from lenshpc.cli import main
+from lenshpc.evaluate import run, store
+from lenshpc.parallel import split_evenly
+from tests.conftest import lenshpc
+from tests.evaluate.conftest import eval_config
+from tests.evaluate.test_eval_mpi import assert_same_content
+
+
+def evaluate_in_process(capsys, cfg, data, runs, out, *extra) -> tuple[int, str]:
+    code = main(["evaluate", "--config", str(cfg), "--data", str(data), "--runs", str(runs),
+                 "--out", str(out), *map(str, extra)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def snapshot(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_runs_from_another_dataset_are_refused_and_nothing_is_lost(tmp_path, capsys, eval_cfg,
+                                                                  eval_data, eval_runs, plain_report):
+    runs = tmp_path / "runs"
+    shutil.copytree(eval_runs, runs)
+    p = runs / "model1" / "fold-1" / "run.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "dataset_checksum": "0" * 64}))
+    out = tmp_path / "report"
+    shutil.copytree(plain_report[1], out)
+    before = snapshot(out)
+    code, err = evaluate_in_process(capsys, eval_cfg, eval_data, runs, out)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "model1/fold-1 was trained on another dataset" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no-data", "no such directory"),
+    ("incomplete-data", "no dataset.h5"),
+    ("no-runs", "no such directory"),
+    ("no-finished-job", "no finished job to evaluate"),
+    ("mc-1", "--mc-samples 1: must be 0 (off) or at least 2"),
+    ("out-is-a-file", "--out"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, eval_cfg, eval_data, eval_runs,
+                                          case, message):
+    data, runs, out, extra = eval_data, eval_runs, tmp_path / "report", []
+    if case == "no-data":
+        data = tmp_path / "nothing"
+    elif case == "incomplete-data":
+        data = tmp_path / "partial"
+        (data / "shards").mkdir(parents=True)
+    elif case == "no-runs":
+        runs = tmp_path / "nothing"
+    elif case == "no-finished-job":
+        runs = tmp_path / "runs"
+        (runs / "model1" / "fold-0").mkdir(parents=True)
+        (runs / "model1" / "fold-0" / "run.json").write_text(json.dumps({"finished": False}))
+    elif case == "mc-1":
+        extra = ["--mc-samples", "1"]
+    elif case == "out-is-a-file":
+        out.write_text("not a directory")
+    code, err = evaluate_in_process(capsys, eval_cfg, data, runs, out, *extra)
+    assert code == 2
+    assert err.startswith("lenshpc evaluate: error: ") and len(err.splitlines()) == 1
+    assert message in err
+
+
+def test_bad_config_value_names_the_key(tmp_path, capsys, eval_data, eval_runs):
+    cfg = eval_config(tmp_path / "bad.yaml", chunk_size=0)
+    code, err = evaluate_in_process(capsys, cfg, eval_data, eval_runs, tmp_path / "r")
+    assert code == 2 and "evaluate.chunk_size" in err and len(err.splitlines()) == 1
+
+
+def test_unreadable_model_file_is_a_user_error(tmp_path, eval_data, eval_runs, plain_report):
+    runs = tmp_path / "runs"
+    shutil.copytree(eval_runs, runs)
+    (runs / "model3" / "fold-0" / "model.keras").write_bytes(b"not a keras file")
+    out = tmp_path / "report"
+    shutil.copytree(plain_report[1], out)
+    before = snapshot(out)
+    cfg = eval_config(tmp_path / "nofig.yaml", figures=False)
+    proc = lenshpc("evaluate", "--config", cfg, "--data", eval_data, "--runs", runs, "--out", out,
+                   timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot load model" in proc.stderr and "model3/fold-0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(out) == before
+
+
+def test_jobs_already_evaluated_are_not_redone(tmp_path, eval_data, eval_runs, plain_report):
+    runs = tmp_path / "runs"
+    shutil.copytree(eval_runs, runs)
+    out = tmp_path / "report"
+    shutil.copytree(plain_report[1], out)
+    cfg = eval_config(tmp_path / "nofig.yaml", figures=False)
+    args = ("evaluate", "--config", cfg, "--data", eval_data, "--runs", runs, "--out", out)
+
+    proc = lenshpc(*args, check=True)
+    assert "4 job(s) already evaluated" in proc.stdout and "evaluating" not in proc.stdout
+    assert_same_content(plain_report[1] / "predictions.h5", out / "predictions.h5")
+    assert (out / "metrics.csv").read_text() == (plain_report[1] / "metrics.csv").read_text()
+
+    # a new model file for one job: only that job is evaluated again
+    shutil.copy(runs / "model2" / "fold-0" / "model.keras", runs / "model1" / "fold-1" / "model.keras")
+    proc = lenshpc(*args, check=True)
+    assert "evaluating 1 job(s)" in proc.stdout
+    with h5py.File(out / "predictions.h5", "r") as new, \
+            h5py.File(plain_report[1] / "predictions.h5", "r") as old:
+        for key in ("model1/fold-0", "model2/fold-0", "model3/fold-0"):
+            np.testing.assert_array_equal(new[key]["pred"][...], old[key]["pred"][...])
+        # the same model file predicts the same values, whichever job it sits in
+        np.testing.assert_array_equal(new["model1/fold-1"]["pred"][...], old["model2/fold-0"]["pred"][...])
+        assert new["model1/fold-1"].attrs["model_checksum"] == old["model2/fold-0"].attrs["model_checksum"]
+
+
+def test_units_cover_every_job_and_item_once_on_any_number_of_ranks():
+    units = run.plan_units(n_jobs=3, n_test=30, chunk_size=8)
+    assert units[:4] == [(0, 0, 8), (0, 8, 16), (0, 16, 24), (0, 24, 30)]
+    for size in (1, 2, 3, 5, 13, 20):
+        seen = [units[u] for rank in range(size) for u in split_evenly(len(units), rank, size)]
+        assert seen == units     # contiguous, in order: every unit exactly once
+
+
+def test_find_jobs_order_and_reasons(tmp_path):
+    def job(model, fold, **run_json):
+        d = tmp_path / model / f"fold-{fold}"
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"finished": True, "dataset_checksum": "abc", **run_json}))
+        (d / "model.keras").write_bytes(b"x")
+        return d
+
+    job("model2", 0)
+    job("extra", 0)
+    job("model1", 1)
+    (job("model1", 0) / "model.keras").unlink()
+    job("model2", 1, finished=False, epochs_done=4)
+    (tmp_path / "model3" / "fold-0").mkdir(parents=True)
+    (tmp_path / "model3" / "fold-0" / "run.json").write_text("{broken")
+    found, skipped = store.find_jobs(tmp_path, ["model1", "model2", "model3"], 2, "abc")
+    assert [j.key for j in found] == ["model1/fold-1", "model2/fold-0", "extra/fold-0"]
+    reasons = dict(skipped)
+    assert reasons["model1/fold-0"] == "finished but model.keras is missing"
+    assert reasons["model2/fold-1"] == "unfinished (4 epochs done)"
+    assert reasons["model3/fold-0"].startswith("unreadable run.json")
+    assert reasons["model3/fold-1"] == "missing (no run.json)"
