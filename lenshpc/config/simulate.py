@@ -171,9 +171,12 @@ class LensMass:
     """SIE lens mass. e1, e2 are derived from q and phi (phi_q2_ellipticity)."""
 
     theta_E: Distribution = param(U("lognormal", median=0.8, sigma=0.55, low=0.07, high=3.65),
-                                  unit="arcsec", check=_positive_support, doc="Einstein radius.")
+                                  unit="arcsec", check=_positive_support,
+                                  doc="Einstein radius (assumed shape: reproduces the study's "
+                                      "0.07-3.65 arcsec with strong positive skew).")
     q: Distribution = param(U("beta", a=4.0, b=1.6, low=0.2, high=1.0), check=_axis_ratio_support,
-                            doc="Axis ratio (minor/major).")
+                            doc="Axis ratio (minor/major); assumed shape: 0.2-1, concentrated "
+                                "towards high values as in the study.")
     phi: Distribution = param(Distribution.constant(10.0), unit="deg",
                               doc="Position angle (fixed at 10 deg in the study).")
     center_x: Distribution = param(Distribution.constant(0.0), unit="arcsec", doc="Centre x.")
@@ -185,9 +188,10 @@ class LensLight:
     """SERSIC_ELLIPSE lens light, centred on the lens mass."""
 
     amp: Distribution = param(U("uniform", low=5.0, high=20.0), unit="flux",
-                              doc="Amplitude at R_sersic.")
+                              doc="Amplitude at R_sersic (assumed; images are normalised).")
     R_sersic: Distribution = param(U("uniform", low=0.3, high=1.5), unit="arcsec",
-                                   check=_positive_support, doc="Half-light radius.")
+                                   check=_positive_support,
+                                   doc="Half-light radius (assumed 0.3-1.5).")
     n_sersic: Distribution = param(Distribution.constant(4.0), check=_positive_support,
                                    doc="Sersic index (assumed 4).")
     q: Distribution = param(U("uniform", low=0.6, high=1.0), check=_axis_ratio_support,
@@ -200,9 +204,9 @@ class SourceLight:
     """SERSIC_ELLIPSE source, centre given as an offset from the lens centre."""
 
     amp: Distribution = param(U("uniform", low=20.0, high=80.0), unit="flux",
-                              doc="Amplitude at R_sersic.")
+                              doc="Amplitude at R_sersic (assumed).")
     R_sersic: Distribution = param(U("uniform", low=0.1, high=0.4), unit="arcsec",
-                                   check=_positive_support, doc="Half-light radius.")
+                                   check=_positive_support, doc="Half-light radius (assumed).")
     n_sersic: Distribution = param(Distribution.constant(2.5), check=_positive_support,
                                    doc="Sersic index (assumed 2.5, between disc and elliptical).")
     q: Distribution = param(U("uniform", low=0.4, high=1.0), check=_axis_ratio_support,
