@@ -253,3 +253,33 @@ def test_resume_redoes_a_shard_whose_data_no_longer_match_its_checksum(small, tm
     assert (out / "shards" / "shard-00000.h5").stat().st_mtime_ns == kept
     with h5py.File(out / "dataset.h5", "r") as f, h5py.File(src / "dataset.h5", "r") as g:
         assert f.attrs["checksum"] == g.attrs["checksum"]
+
+
+def test_pixel_psf_noise_and_a_catalogue_from_the_command_line(tmp_path):
+    kernel = np.outer(*(2 * [np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)]))
+    np.save(tmp_path / "psf.npy", kernel)
+    catalogue = tmp_path / "systems.csv"
+    catalogue.write_text("lens_mass.theta_E,lens_mass.q\n" + "".join(
+        f"{0.6 + 0.05 * i},{0.5 + 0.04 * i}\n" for i in range(12)))
+    cfg = write_config(tmp_path / "c.yaml", image={"size": 24, "psf": "pixel",
+                                                   "psf_kernel": str(tmp_path / "psf.npy"),
+                                                   "background_rms": 0.02, "exposure_time": 100.0},
+                       dataset={"n_images": 10, "shard_size": 5, "test_fraction": 0.2},
+                       population={"kind": "catalogue", "catalogue": str(catalogue)})
+    out = tmp_path / "ds"
+    lenshpc("simulate", "--config", cfg, "--out", out, check=True)
+    with h5py.File(out / "dataset.h5", "r") as f:
+        images, labels = f["images"][...], f["labels"][...]
+    assert np.all(np.isfinite(images)) and np.all(images.reshape(10, -1).max(axis=1) == 1.0)
+    np.testing.assert_allclose(labels[:, 0], 0.6 + 0.05 * np.arange(10), rtol=1e-6)
+    np.testing.assert_allclose(labels[:, 1], 0.5 + 0.04 * np.arange(10), rtol=1e-6)
+    # the catalogue is part of the dataset's identity: a changed file is a different dataset
+    catalogue.write_text(catalogue.read_text().replace("0.6,", "0.61,"))
+    _one_line_error(lenshpc("simulate", "--config", cfg, "--out", out), "different config")
+
+    bad = write_config(tmp_path / "bad.yaml", image={"psf": "pixel", "psf_kernel": str(tmp_path / "no.npy")})
+    _one_line_error(lenshpc("simulate", "--config", bad, "--out", tmp_path / "ds2"), "psf_kernel")
+    np.save(tmp_path / "even.npy", np.ones((4, 4)))
+    bad = write_config(tmp_path / "bad2.yaml", image={"psf": "pixel", "psf_kernel": str(tmp_path / "even.npy")})
+    _one_line_error(lenshpc("simulate", "--config", bad, "--out", tmp_path / "ds2"), "odd side")
+    assert not (tmp_path / "ds2").exists()
