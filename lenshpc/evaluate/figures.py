@@ -80,6 +80,7 @@ def fig_parameter_distributions(values: np.ndarray, test_values: np.ndarray | No
                     label=f"test ({len(test_values)})")
         ax.set_xlabel(LABELS.get(name, name))
         ax.set_ylabel("systems per bin")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.text(0.97, 0.95, f"range {lo:.2f} to {hi:.2f}", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8)
     axes[0].legend(loc="center right")
@@ -192,6 +193,7 @@ def fig_psnr_distributions(psnr: Mapping[str, np.ndarray]) -> Figure:
             ax.plot([], [], " ", label=f"{model} median inf dB{extra}")
     ax.set_xlabel("PSNR [dB]  (MAX = 1)")
     ax.set_ylabel("test images per bin")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.set_title("PSNR of the re-rendered test images")
     return fig

@@ -40,15 +40,6 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)
 
 
-def predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """``(N, 4)`` float64 predictions of ``images`` ``(N, H, W)`` in inference mode."""
-    out = np.empty((len(images), 4), dtype=np.float64)
-    for start, stop in _batches(len(images), batch_size):
-        x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
-        out[start:stop] = np.asarray(model(x, training=False), dtype=np.float64)
-    return out
-
-
 def dropout_rates(model) -> list[float]:
     """Rates of the model's Dropout layers (searched through nested models)."""
     import tensorflow as tf
@@ -61,21 +52,33 @@ def dropout_rates(model) -> list[float]:
     return rates
 
 
-class MCDropoutPredictor:
-    """MC dropout: the model with its Dropout layers always active and seeded.
+class _Box:
+    """A plain holder, so Keras does not track the seed variable as a layer weight."""
 
-    Dropout layers are replaced by a seeded dropout; every other layer is the trained
-    layer itself (shared weights), called in inference mode, so batch normalisation
-    uses its moving statistics (in training mode it would use the batch's own
-    statistics, making predictions depend on the batch and updating the averages)."""
+    def __init__(self, value):
+        self.value = value
 
-    def __init__(self, model):
+
+class Predictor:
+    """A loaded model's predictions: deterministic, and MC dropout with seeded masks.
+
+    Both are compiled once (``tf.function``) and called per batch. For MC dropout the
+    Dropout layers are replaced by a seeded dropout that is always active; every other
+    layer is the trained layer itself (shared weights) called in inference mode, so batch
+    normalisation uses its moving statistics (in training mode it would use each batch's
+    own statistics, making predictions depend on the batch, and update the averages)."""
+
+    def __init__(self, model, mc: bool = False):
         import tensorflow as tf
 
         self.model = model
         self.has_dropout = any(r > 0 for r in dropout_rates(model))
-        self._seed = (0, 0)   # set before each call; read by the dropout layers in eager mode
-        predictor = self
+        self._infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._mc = None
+        if not (mc and self.has_dropout):
+            return
+        self._seed = tf.Variable(tf.zeros(2, tf.int64), trainable=False)
+        box = _Box(self._seed)
 
         class SeededDropout(tf.keras.layers.Layer):
             def __init__(self, rate: float, layer_id: int, **kw):
@@ -85,32 +88,42 @@ class MCDropoutPredictor:
             def call(self, x, training=None):
                 if self.rate <= 0:
                     return x
-                seed = np.random.SeedSequence([*predictor._seed, self.layer_id]).generate_state(2)
-                u = tf.random.stateless_uniform(tf.shape(x), seed=tf.constant(seed, tf.int64),
-                                                dtype=x.dtype)
+                # independent Philox streams per layer: the seed's second word shifted by the id
+                seed = box.value + tf.constant([0, self.layer_id], tf.int64)
+                u = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype)
                 return tf.where(u >= self.rate, x / (1.0 - self.rate), tf.zeros_like(x))
 
-        counter = iter(range(1_000_000))
+        counter = iter(range(1, 1_000_000))
 
         def clone(layer):
             if isinstance(layer, tf.keras.layers.Dropout):
                 return SeededDropout(layer.rate, next(counter), name=f"mc_{layer.name}")
             return layer   # the trained layer itself: weights shared, not copied
 
-        self.mc_model = tf.keras.models.clone_model(model, clone_function=clone) if self.has_dropout else None
+        mc_model = tf.keras.models.clone_model(model, clone_function=clone)
+        self._mc = tf.function(lambda x: mc_model(x, training=False), reduce_retracing=True)
 
-    def predict(self, images: np.ndarray, batch_size: int, samples: int,
-                seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation (ddof=1) over ``samples`` passes, each ``(N, 4)``.
+    def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """``(N, 4)`` float64 predictions of ``images`` ``(N, H, W)``, inference mode."""
+        out = np.empty((len(images), 4), dtype=np.float64)
+        for start, stop in _batches(len(images), batch_size):
+            x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
+            out[start:stop] = self._infer(x).numpy()
+        return out
 
-        ``seed`` identifies the chunk (root seed, job, first item); a model without
-        dropout gives its deterministic prediction and zero spread."""
-        if not self.has_dropout:
-            return predict(self.model, images, batch_size), np.zeros((len(images), 4))
+    def predict_mc(self, images: np.ndarray, batch_size: int, samples: int,
+                   seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (ddof=1) over ``samples`` dropout passes, each
+        ``(N, 4)``. ``seed`` identifies the chunk (root seed, job, first item); pass ``s``
+        of batch ``b`` draws its masks from (seed, s, b). A model without dropout gives its
+        deterministic prediction and zero spread."""
+        if self._mc is None:
+            return self.predict(images, batch_size), np.zeros((len(images), 4))
         passes = np.empty((samples, len(images), 4), dtype=np.float64)
         for s in range(samples):
             for b, (start, stop) in enumerate(_batches(len(images), batch_size)):
-                self._seed = (*seed, s, b)
+                state = np.random.SeedSequence([*seed, s, b]).generate_state(2)
+                self._seed.assign(state.astype(np.int64))
                 x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
-                passes[s, start:stop] = np.asarray(self.mc_model(x, training=False), dtype=np.float64)
+                passes[s, start:stop] = self._mc(x).numpy()
         return passes.mean(axis=0), passes.std(axis=0, ddof=1)

@@ -152,14 +152,16 @@ def _dataset_config(ds: store.DatasetInfo, cfg: Config) -> Config:
         raise UserError(f"the config stored in {ds.path} is not valid: {exc}") from None
 
 
-def _prepare(cfg: Config, ds_cfg: Config):
+def _prepare(cfg: Config, ds_cfg: Config, ds: store.DatasetInfo):
     """TensorFlow (threads set) and the renderer of this rank, before the timed work."""
     import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter
     from lenshpc.evaluate import predict as P
     from lenshpc.simulate.render import Renderer
     P.configure_threads(cfg.evaluate.threads)
-    return Renderer(ds_cfg.image)
+    renderer = Renderer(ds_cfg.image)
+    renderer.render_truth(ds.truth_names, ds.truth_test[0])   # loads the compiled renderer
+    return renderer
 
 
 def _work(units, mine: range, todo: list[store.JobRun], ds: store.DatasetInfo, ds_cfg: Config,
@@ -172,7 +174,7 @@ def _work(units, mine: range, todo: list[store.JobRun], ds: store.DatasetInfo, d
     noise = ds_cfg.image.noise
     ev = cfg.evaluate
     out, errors = {}, []
-    loaded: tuple[int, Any, Any] | None = None
+    current, predictor = None, None
     failed: set[int] = set()
     with h5py.File(ds.path, "r") as f:
         images_ds = f["images"]
@@ -181,27 +183,25 @@ def _work(units, mine: range, todo: list[store.JobRun], ds: store.DatasetInfo, d
             job = todo[jpos]
             if jpos in failed:
                 continue
-            if loaded is None or loaded[0] != jpos:
-                loaded = None   # free the previous model before loading the next
+            if current != jpos:   # units are job-major: each model is loaded once per rank
+                current, predictor = jpos, None   # free the previous model first
                 try:
-                    model = P.load_model(job.model_file)
+                    predictor = P.Predictor(P.load_model(job.model_file), mc=bool(mc_samples))
                 except UserError as exc:
                     errors.append(f"{job.key}: {exc}")
                     failed.add(jpos)
                     continue
-                loaded = (jpos, model, P.MCDropoutPredictor(model) if mc_samples else None)
-            _, model, mc = loaded
             images = images_ds[ds.test_index[start:stop]]
-            if mc is not None:
-                pred, pred_std = mc.predict(images, ev.batch_size, mc_samples,
-                                            mc_seed(cfg.seed, job.key, start))
+            if mc_samples:
+                pred, pred_std = predictor.predict_mc(images, ev.batch_size, mc_samples,
+                                                      mc_seed(cfg.seed, job.key, start))
             else:
-                pred, pred_std = P.predict(model, images, ev.batch_size), None
+                pred, pred_std = predictor.predict(images, ev.batch_size), None
             truth_rows = ds.truth_test[start:stop]
             true_images = reference_images(renderer, ds.truth_names, truth_rows, images, noise)
             res = score_chunk(renderer, ds.truth_names, truth_rows, pred, true_images,
                               ev.theta_E_min, ev.max_ellipticity)
-            res.update(pred=pred, pred_std=pred_std, has_dropout=mc.has_dropout if mc else None)
+            res.update(pred=pred, pred_std=pred_std, has_dropout=predictor.has_dropout)
             out[(jpos, start)] = res
     return out, errors
 
@@ -272,7 +272,7 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
                    f"over {world.size} rank(s)" + (f", {mc} MC-dropout passes" if mc else ""))
 
     mine = split_evenly(len(units), world.rank, world.size)
-    renderer = _prepare(cfg, ds_cfg) if len(mine) else None
+    renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
     world.barrier()
     t0 = time.perf_counter()
     local, errors = _work(units, mine, todo, ds, ds_cfg, cfg, mc, renderer) if len(mine) else ({}, [])
