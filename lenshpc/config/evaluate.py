@@ -31,8 +31,10 @@ class Evaluate:
                                    doc="Predicted (e1, e2) with a longer modulus are shortened to "
                                    "it before re-rendering (|e| < 1 means q > 0); metrics use the "
                                    "raw prediction.")
-    threads: int = param(0, ge=0, doc="TensorFlow intra-op threads per rank (0: TensorFlow's "
-                         "default, all cores of the node).")
+    threads: int = param(1, ge=0, doc="TensorFlow threads per rank. 1: run one rank per core; "
+                         "predictions are then bit-identical for any number of ranks. 0: "
+                         "TensorFlow's default (all cores of the node; with several ranks per "
+                         "node they compete, and the last bits may depend on the thread count).")
     figures: bool = param(True, doc="Draw the figures (false: tables and report.md only, e.g. "
                           "for a quick re-evaluation).")
     n_examples: int = param(8, ge=1, doc="Example images shown in the report.")

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "results do not depend on N. Jobs already evaluated for the same model file and "
         "dataset are reused.")
     p.add_argument("--config", required=True, metavar="CFG", help="YAML config file")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset directory (lenshpc simulate)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="dataset directory (lenshpc simulate)")
     p.add_argument("--runs", required=True, metavar="RUNS", help="runs directory (lenshpc train)")
     p.add_argument("--out", required=True, metavar="REPORT", help="report directory")
     p.add_argument("--mc-samples", type=int, default=None, metavar="S",

@@ -129,10 +129,12 @@ def fig_training_curves(histories: Mapping[str, Sequence[Mapping[str, np.ndarray
     axes = fig.subplots(2, len(models), squeeze=False, sharex="col")
     for c, model in enumerate(models):
         folds = histories[model]
+        mae_label = f"MAE [{mae_unit}]" if mae_unit else "MAE"
         for r, (metric, ylabel) in enumerate((("loss", "loss (weighted MSE, standardised)"),
-                                              ("mae", f"MAE{' [' + mae_unit + ']' if mae_unit else ''}"))):
+                                              ("mae", mae_label))):
             ax = axes[r, c]
-            for key, label, color in ((metric, "training", "C0"), (f"val_{metric}", "validation", "C1")):
+            for key, label, color in ((metric, "training", "C0"),
+                                      (f"val_{metric}", "validation", "C1")):
                 n_ep = max((len(h["epoch"]) for h in folds), default=0)
                 if n_ep == 0:
                     continue
@@ -219,7 +221,8 @@ def fig_triptych(true_image: np.ndarray, predicted: Mapping[str, np.ndarray],
     for c, (label, img) in enumerate(predicted.items(), start=1):
         axes[0, c].imshow(img, origin="lower", cmap="magma", norm=norm, extent=extent)
         axes[0, c].set_title(label, fontsize=8)
-        b = axes[1, c].imshow(resid[label], origin="lower", cmap="RdBu_r", norm=rnorm, extent=extent)
+        b = axes[1, c].imshow(resid[label], origin="lower", cmap="RdBu_r", norm=rnorm,
+                              extent=extent)
         axes[1, c].set_title("residual (true - predicted)", fontsize=8)
         axes[1, c].set_xlabel("x [arcsec]")
     axes[0, 0].set_xlabel("x [arcsec]")

@@ -18,7 +18,10 @@ from lenshpc.config import UserError
 
 
 def configure_threads(threads: int) -> None:
-    """Set TensorFlow's intra-op threads (0 keeps TensorFlow's default). Call before any op."""
+    """Set TensorFlow's intra-op threads (0 keeps TensorFlow's default). Call before any op.
+
+    A fixed count matters for more than speed: how a convolution's sums are split over
+    threads can change the last bits of a prediction."""
     import tensorflow as tf
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

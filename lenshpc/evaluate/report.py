@@ -82,7 +82,8 @@ def job_summary(entry: Mapping[str, Any]) -> dict[str, float]:
 #: Table 1 figures in column order, with their header in markdown and LaTeX.
 TABLE1 = ([("loss", "loss", "loss"), ("mae", "MAE", "MAE")]
           + [(f"r2_{p}", f"R² {p}", f"$R^2$ {F.SYMBOLS[p]}") for p in TARGETS]
-          + [(f"rel_err_median_{p}", f"rel. err. {p}", f"rel.\\ err.\\ {F.SYMBOLS[p]}") for p in TARGETS]
+          + [(f"rel_err_median_{p}", f"rel. err. {p}", f"rel.\\ err.\\ {F.SYMBOLS[p]}")
+             for p in TARGETS]
           + [("psnr_median", "PSNR median [dB]", "PSNR [dB]")])
 
 
@@ -102,7 +103,8 @@ def table1_rows(summaries: Mapping[str, Mapping[str, float]]) -> list[dict[str, 
         row: dict[str, Any] = {"model": model, "n_folds": len(keys),
                                "folds": " ".join(str(_model_fold(k)[1]) for k in keys)}
         for name, _, _ in TABLE1:
-            row[f"{name}_mean"], row[f"{name}_std"] = M.fold_mean_std([summaries[k][name] for k in keys])
+            values = [summaries[k][name] for k in keys]
+            row[f"{name}_mean"], row[f"{name}_std"] = M.fold_mean_std(values)
         rows.append(row)
     return rows
 
@@ -114,7 +116,8 @@ def coverage_rows(key: str, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
     for j, name in enumerate(TARGETS):
         y, mu, s = entry["true"][:, j], entry["pred"][:, j], entry["pred_std"][:, j]
         rows.append({"model": model, "fold": fold, "parameter": name,
-                     "coverage_1sigma": M.coverage(y, mu, s, 1), "coverage_2sigma": M.coverage(y, mu, s, 2),
+                     "coverage_1sigma": M.coverage(y, mu, s, 1),
+                     "coverage_2sigma": M.coverage(y, mu, s, 2),
                      "mean_std": float(np.mean(s)) if s.size else math.nan, "n": int(y.size),
                      "has_dropout": bool(entry["attrs"].get("mc_has_dropout", True))})
     return rows
@@ -167,7 +170,9 @@ def _csv_value(v: Any) -> str:
         return str(bool(v)).lower()
     if isinstance(v, (float, np.floating)):
         v = float(v)
-        return "nan" if math.isnan(v) else ("inf" if v == math.inf else ("-inf" if math.isinf(v) else repr(v)))
+        if math.isnan(v) or math.isinf(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)
     return str(v)
 
 
@@ -193,14 +198,16 @@ def table1_latex(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
              r"\label{tab:table1}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", head, r"\midrule"]
     for r in rows:
         cells = [r["model"].replace("_", r"\_"), str(r["n_folds"])]
-        cells += [fmt_pm(r[f"{n}_mean"], r[f"{n}_std"], tex=True, n=r["n_folds"]) for n, _, _ in TABLE1]
+        cells += [fmt_pm(r[f"{n}_mean"], r[f"{n}_std"], tex=True, n=r["n_folds"])
+                  for n, _, _ in TABLE1]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
     return "\n".join(lines) + "\n"
 
 
 def table1_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    columns = ["model", "n_folds", "folds"] + [f"{n}_{s}" for n, _, _ in TABLE1 for s in ("mean", "std")]
+    columns = ["model", "n_folds", "folds"] + [f"{n}_{s}" for n, _, _ in TABLE1
+                                               for s in ("mean", "std")]
     return csv_text(rows, columns)
 
 
@@ -404,11 +411,12 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
     L += [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by lenshpc {__version__} "
           f"(`lenshpc evaluate`, {outcome.n_ranks} rank(s)).", ""]
     L += ["## Provenance", ""]
-    L += [f"- dataset: `{data_dir}` — checksum `{ds.checksum}`; {ds.n_items} systems, "
-          f"{len(ds.test_index)} in the test set; images {img.size}x{img.size} pixels of "
+    L += [f"- dataset: `{Path(data_dir).resolve()}` — checksum `{ds.checksum}`; "
+          f"{ds.n_items} systems, {len(ds.test_index)} in the test set; images "
+          f"{img.size}x{img.size} pixels of "
           f"{img.pixel_scale} arcsec, supersampling {img.supersampling}, PSF {img.psf}, "
           f"noise {'on' if noise else 'off'}",
-          f"- runs: `{runs_dir}`",
+          f"- runs: `{Path(runs_dir).resolve()}`",
           f"- true image for MSE/PSNR: "
           + ("the noise-free render of the true parameters (same PSF); the dataset images carry "
              "noise, the re-render does not" if noise else "the stored (noise-free) image"),
@@ -431,7 +439,8 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
         r = job.run
         clamped = int(np.sum(preds[job.key]["clamped"])) if "clamped" in preds[job.key] else 0
         rows.append([job.key, str(job.job), fmt_number(r.get("p1")), fmt_number(r.get("p2")),
-                     f"{r.get('epochs_done', '?')}" + (" (early stop)" if r.get("early_stopped") else ""),
+                     f"{r.get('epochs_done', '?')}"
+                     + (" (early stop)" if r.get("early_stopped") else ""),
                      str(r.get("n_ranks", "?")), f"`{str(a.get('model_checksum', ''))[:12]}`",
                      str(clamped)])
     L.append(md_table(["job", "index", "p1", "p2", "epochs", "train ranks",
@@ -476,7 +485,8 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
         L += [md_table(header, body), ""]
         if no_dropout:
             L += [f"Models without dropout ({', '.join(no_dropout)}) have zero spread: every MC "
-                  f"pass gives the same prediction, so only exact predictions count as covered.", ""]
+                  f"pass gives the same prediction, so only exact predictions count as "
+                  f"covered.", ""]
 
     L += ["## PSNR per job", "",
           "Median over all test images; mean PSNR and mean MSE over the images with finite "
@@ -491,8 +501,9 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
           "the parameter's unit (theta_E: arcsec); relative error |d| / |true| over items with "
           "true != 0: median and 90th percentile. Also in `metrics.csv`.", ""]
     cols = ("model", "fold", "parameter") + M.METRIC_COLUMNS
-    L += [md_table(list(cols), [[str(r["model"]), str(r["fold"]), str(r["parameter"])]
-                                + [fmt_number(r[c]) for c in M.METRIC_COLUMNS] for r in metric_rows]), ""]
+    body = [[str(r["model"]), str(r["fold"]), str(r["parameter"])]
+            + [fmt_number(r[c]) for c in M.METRIC_COLUMNS] for r in metric_rows]
+    L += [md_table(list(cols), body), ""]
 
     L += ["## Figures", ""]
     if not figs:

@@ -117,7 +117,8 @@ def settings_text(cfg: Config, mc_samples: int, noise: bool) -> str:
     """What besides the model file and dataset decides a job's results (JSON text)."""
     s: dict[str, Any] = {"mc_samples": mc_samples, "theta_E_min": cfg.evaluate.theta_E_min,
                          "max_ellipticity": cfg.evaluate.max_ellipticity,
-                         "true_image": "noise-free render of the truth" if noise else "stored image"}
+                         "true_image": ("noise-free render of the truth" if noise
+                                        else "stored image")}
     if mc_samples:   # MC masks are seeded per chunk and batch
         s.update(seed=cfg.seed, chunk_size=cfg.evaluate.chunk_size,
                  batch_size=cfg.evaluate.batch_size)
@@ -275,10 +276,13 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
     renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
     world.barrier()
     t0 = time.perf_counter()
-    local, errors = _work(units, mine, todo, ds, ds_cfg, cfg, mc, renderer) if len(mine) else ({}, [])
+    local, errors = ({}, [])
+    if len(mine):
+        local, errors = _work(units, mine, todo, ds, ds_cfg, cfg, mc, renderer)
     all_errors = [e for errs in world.allgather(errors) for e in errs]
     if all_errors:
-        raise UserError(all_errors[0] + (f" (and {len(all_errors) - 1} more)" if len(all_errors) > 1 else ""))
+        more = f" (and {len(all_errors) - 1} more)" if len(all_errors) > 1 else ""
+        raise UserError(all_errors[0] + more)
     gathered = world.gather(local)
     work_seconds = time.perf_counter() - t0
 
@@ -297,7 +301,8 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
         n_images = len(todo) * n_test
         if todo:
             rate = n_images / work_seconds if work_seconds > 0 else math.inf
-            log(world, f"predicted, re-rendered and scored {n_images} images in {work_seconds:.1f} s "
+            log(world, f"predicted, re-rendered and scored {n_images} images in "
+                       f"{work_seconds:.1f} s "
                        f"({rate:.1f} images/s on {world.size} rank(s))")
         outcome = Outcome(evaluated=[j.key for j in todo], reused=sorted(reuse),
                           n_ranks=world.size, work_seconds=work_seconds, n_images=n_images)

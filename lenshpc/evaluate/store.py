@@ -205,7 +205,8 @@ def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int,
                             f"{dataset_checksum[:12]}...)")
         if run.get("finished") is not True:
             done = run.get("epochs_done")
-            skipped.append((key, "unfinished" + (f" ({done} epochs done)" if done is not None else "")))
+            done_text = f" ({done} epochs done)" if done is not None else ""
+            skipped.append((key, "unfinished" + done_text))
             continue
         if not (directory / "model.keras").is_file():
             skipped.append((key, "finished but model.keras is missing"))
@@ -278,6 +279,7 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
             for fold in sorted(f[model], key=lambda name: int(name.removeprefix("fold-"))):
                 g = f[model][fold]
                 entry = {name: g[name][...] for name in ARRAYS if name in g}
-                entry["attrs"] = {k: (_text(v) if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+                entry["attrs"] = {k: (_text(v) if isinstance(v, bytes) else v)
+                                  for k, v in g.attrs.items()}
                 out[f"{model}/{fold}"] = entry
     return out
