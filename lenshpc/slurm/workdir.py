@@ -65,10 +65,13 @@ class Workdir:
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The key path where two plain config trees first differ, or None."""
+    """The key path where two plain config trees first differ, or None.
+
+    Keys only one side has are skipped: they come from another lenshpc version (a key
+    added with its default, or removed), not from the user."""
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            diff = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        for key in sorted(set(old) & set(new), key=str):
+            diff = _first_difference(old[key], new[key], f"{path}.{key}" if path else key)
             if diff:
                 return diff
         return None
@@ -101,7 +104,7 @@ def prepare(cfg: Config, wd: Workdir) -> None:
                             f"at {diff}); use a new workdir for it")
     text = cfg.to_yaml_text()
     try:
-        for folder in (wd.root, wd.dataset, wd.runs, wd.report, wd.slurm, wd.logs):
+        for folder in (wd.root, wd.dataset, wd.runs, wd.report):
             folder.mkdir(parents=True, exist_ok=True)
         if not wd.config.is_file() or wd.config.read_text() != text:
             _write_text(wd.config, text)

@@ -205,7 +205,14 @@ if __name__ == "__main__":
     ensure_installed()
     cluster = OneNodeSlurm(base)
     cluster.start()
-    print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C stops the cluster", flush=True)
+    print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C or SIGTERM stops the cluster", flush=True)
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Started in the background, a process inherits SIGINT ignored: take TERM as well.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         signal.pause()
     except KeyboardInterrupt:
