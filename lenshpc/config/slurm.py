@@ -81,7 +81,8 @@ class TrainJob:
                               "0: no limit).")
     partition: str | None = param(None, doc="--partition of the tasks (null: `slurm.partition`).")
     extra: tuple[str, ...] = param((), check=_sbatch_options,
-                                   doc="Extra sbatch options of the tasks, e.g. '--constraint=a100'.")
+                                   doc="Extra sbatch options of the tasks, "
+                                   "e.g. '--constraint=a100'.")
 
     def validate(self, path: str) -> None:
         if self.ranks % self.nodes:
@@ -94,10 +95,12 @@ class Slurm:
     """Site settings for the sbatch scripts; defaults run on a plain one-node Slurm."""
 
     account: str | None = param(None, doc="--account of every job (null: not given).")
-    partition: str | None = param(None, doc="--partition of every job (null: the default partition).")
+    partition: str | None = param(None, doc="--partition of every job "
+                                  "(null: the default partition).")
     qos: str | None = param(None, doc="--qos of every job (null: not given).")
     extra: tuple[str, ...] = param((), check=_sbatch_options,
-                                   doc="Extra sbatch options of every job, e.g. '--mail-type=FAIL'.")
+                                   doc="Extra sbatch options of every job, "
+                                   "e.g. '--mail-type=FAIL'.")
     modules: tuple[str, ...] = param((), doc="Modules to `module load`, in order, before anything "
                                      "else (e.g. openmpi/4.1, cuda/12.2).")
     setup: tuple[str, ...] = param(

@@ -149,7 +149,8 @@ def _mpi_launch(cfg: Config, launcher: str, cpus_per_task: int) -> list[str]:
                 + ([f"--cpus-per-task={cpus_per_task}"] if cpus_per_task > 1 else []))
     # mpirun reads the allocation from Slurm; without --bind-to none, Open MPI pins each
     # rank to one core even when --cpus-per-task gave it more.
-    return ["mpirun", "-n", '"$SLURM_NTASKS"'] + (["--bind-to", "none"] if cpus_per_task > 1 else [])
+    bind = ["--bind-to", "none"] if cpus_per_task > 1 else []
+    return ["mpirun", "-n", '"$SLURM_NTASKS"', *bind]
 
 
 def _command(words: list[str], args: list[tuple[str, str]], tail: str = "") -> list[str]:
@@ -174,7 +175,8 @@ def render(cfg: Config, stage: Stage, paths: Paths, setup: tuple[str, ...] = (),
     head = [
         "#!/bin/bash",
         *(f"# {line}" if line else "#" for line in _DESCRIPTION[stage](cfg, paths)),
-        "# Rendered by `lenshpc slurm render`: change the config's `slurm:` section, not this file.",
+        "# Rendered by `lenshpc slurm render`: change the config's `slurm:` section, "
+        "not this file.",
         *_sbatch_lines(sbatch_options(cfg, stage, paths, array)),
     ]
     return "\n".join(head + body(cfg, paths, setup)) + "\n"
@@ -244,7 +246,8 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         ]
     else:
         launch = []
-        words = [*_mpi_launch(cfg, t.launcher, t.cpus_per_task), "python -m mpi4py -m lenshpc train"]
+        words = [*_mpi_launch(cfg, t.launcher, t.cpus_per_task),
+                 "python -m mpi4py -m lenshpc train"]
         forward = [
             f"# {t.launcher} passes USR1 and TERM on to every rank.",
             'forward_to_launcher() { kill -s "$1" "$launcher" 2>/dev/null || true; }',

@@ -141,7 +141,9 @@ def progress(cfg: Config, wd: Workdir) -> Progress:
     grid = jobs(cfg.train, cfg.dataset.n_folds)
     finished = frozenset(j.index for j in grid if _finished(wd.runs / j.path / "run.json"))
     table = wd.report / "table1.csv"
-    inputs = [index, wd.config, *(wd.runs / j.path / "run.json" for j in grid if j.index in finished)]
+    inputs = [index, wd.config, *(wd.runs / j.path / "run.json" for j in grid
+                                  if j.index in finished)]
     report_current = (table.is_file() and len(finished) == len(grid)
-                      and all(table.stat().st_mtime >= p.stat().st_mtime for p in inputs if p.exists()))
+                      and all(table.stat().st_mtime >= p.stat().st_mtime
+                              for p in inputs if p.exists()))
     return Progress(index.is_file(), len(grid), finished, report_current)

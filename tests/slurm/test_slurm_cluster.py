@@ -65,7 +65,8 @@ def test_pipeline_trains_every_job_and_reports_all_models(pipeline):
     config, workdir, out = pipeline
     ids = _submitted(workdir)
     assert set(ids) == {"simulate", "train", "evaluate"}
-    assert f"submitted train (array 0-5): job {ids['train']}, after simulate {ids['simulate']}" in out
+    assert (f"submitted train (array 0-5): job {ids['train']}, "
+            f"after simulate {ids['simulate']}") in out
     assert f"submitted evaluate: job {ids['evaluate']}, after train {ids['train']}" in out
     assert (workdir / "dataset" / "dataset.h5").is_file(), _logs(workdir)
     cfg = load(config)

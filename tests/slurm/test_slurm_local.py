@@ -21,11 +21,12 @@ def test_run_whole_pipeline_then_skip_what_is_done(tmp_path):
     proc = lenshpc("run", "--config", config, "--workdir", w, "--np", "2", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for stage in ("simulate", "train job 0 of 2 (model3/fold-0)", "train job 1 of 2 (model3/fold-1)",
-                  "evaluate"):
+    for stage in ("simulate", "train job 0 of 2 (model3/fold-0)",
+                  "train job 1 of 2 (model3/fold-1)", "evaluate"):
         assert f"lenshpc run: {stage}: mpirun -n 2 " in out
     for k in (0, 1):
-        assert json.loads((w / "runs" / "model3" / f"fold-{k}" / "run.json").read_text())["finished"]
+        run = w / "runs" / "model3" / f"fold-{k}" / "run.json"
+        assert json.loads(run.read_text())["finished"]
     with (w / "report" / "table1.csv").open() as f:
         assert [row["model"] for row in csv.DictReader(f)] == ["model3"]
     assert (w / "report" / "table1.md").is_file() and (w / "config.yaml").is_file()

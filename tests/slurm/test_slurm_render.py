@@ -143,7 +143,8 @@ def test_render_cli_paper(tmp_path):
         assert f"#SBATCH {expected}" in train
     assert "#SBATCH --ntasks=64" in texts["simulate"] and "#SBATCH --nodes=2" in texts["simulate"]
     assert "#SBATCH --ntasks=32" in texts["evaluate"]
-    assert re.search(r"^srun --mpi=pmix python -m mpi4py -m lenshpc simulate", texts["simulate"], re.M)
+    assert re.search(r"^srun --mpi=pmix python -m mpi4py -m lenshpc simulate",
+                     texts["simulate"], re.M)
 
 
 def test_submit_dry_run_shows_the_chain_and_resubmits_only_what_is_missing(tmp_path):
@@ -269,7 +270,8 @@ def test_docs_config_md_is_generated_from_the_schema():
 
 
 def test_slurm_env_adapter():
-    env = from_environ({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "5",
+    env = from_environ({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12",
+                        "SLURM_ARRAY_TASK_ID": "5",
                         "SLURM_RESTART_COUNT": "2", "SLURM_NTASKS": "4", "SLURM_CPUS_PER_TASK": "8",
                         "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_MEM_PER_CPU": "4096",
                         "SLURM_GPUS_ON_NODE": "2", "SLURM_JOB_PARTITION": "gpu",
