@@ -179,11 +179,13 @@ def render_items(renderer: Renderer, cfg: Config, indices: range,
 
 class _Reporter:
     """Per-image callback: rank 0 advances the progress display and drains workers'
-    messages; a worker sends its count to rank 0 at most every ``every`` seconds."""
+    messages; a worker sends its count to rank 0 at most every ``every`` seconds, and a
+    last message with its (write time, rank time) when it is done."""
 
     def __init__(self, world: World, progress: Progress | None, every: float = 0.5):
         self.world, self.progress, self.every = world, progress, every
         self.pending, self.last, self.finished = 0, time.monotonic(), 0
+        self.times: list[tuple[float, float]] = []
 
     def __call__(self, n: int = 1) -> None:
         self.pending += n
@@ -194,22 +196,29 @@ class _Reporter:
         elif time.monotonic() - self.last >= self.every:
             self.send()
 
-    def send(self, final: bool = False) -> None:
+    def send(self, final: tuple[float, float] | None = None) -> None:
         if self.world.comm is None:
             return
         self.world.comm.send((self.pending, final), dest=0, tag=PROGRESS_TAG)
         self.pending, self.last = 0, time.monotonic()
 
     def drain(self, block: bool) -> None:
+        """Rank 0: take the messages waiting; with ``block``, until every worker is done.
+        Waiting polls with short sleeps: a blocking MPI receive would spin a core."""
         comm = self.world.comm
         if comm is None:
             return
         while self.finished < self.world.size - 1:
-            if not block and not comm.iprobe(tag=PROGRESS_TAG):
-                return
+            if not comm.iprobe(tag=PROGRESS_TAG):
+                if not block:
+                    return
+                time.sleep(0.02)
+                continue
             n, final = comm.recv(tag=PROGRESS_TAG)
             self.progress.advance(n)
-            self.finished += bool(final)
+            if final is not None:
+                self.finished += 1
+                self.times.append(final)
 
 
 def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
@@ -254,24 +263,22 @@ def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
                        compression=cfg.dataset.compression)
         write_time += time.perf_counter() - tw
         _test_hook_after_shard(world.rank)
-    if not world.is_root:
-        report.send(final=True)
-    else:
-        report.drain(block=True)
-        bar.close()
-    rank_time = time.perf_counter() - t0
-    times = world.gather((write_time, rank_time))
     summary.update(shards_done=len(mine), write_time_s=write_time)
-    if world.is_root:
-        tw = time.perf_counter()
-        write_dataset_index(out, cfg)
-        index_time = time.perf_counter() - tw
-        wall = time.perf_counter() - t0
-        summary.update(wall_time_s=wall, index_time_s=index_time,
-                       write_share=(sum(w for w, _ in times) + index_time) /
-                       (sum(r for _, r in times) + index_time))
-    else:
+    if not world.is_root:
+        # the last message carries this rank's times; the rank is then free to exit
+        report.send(final=(write_time, time.perf_counter() - t0))
         summary["wall_time_s"] = time.perf_counter() - t0
+        return summary
+    own_time = time.perf_counter() - t0
+    report.drain(block=True)
+    bar.close()
+    tw = time.perf_counter()
+    write_dataset_index(out, cfg)
+    index_time = time.perf_counter() - tw
+    times = [(write_time, own_time), *report.times]
+    summary.update(wall_time_s=time.perf_counter() - t0, index_time_s=index_time,
+                   write_share=(sum(w for w, _ in times) + index_time) /
+                   (sum(r for _, r in times) + index_time))
     return summary
 
 
