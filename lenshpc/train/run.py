@@ -257,42 +257,31 @@ def _callbacks(tf, hvd):
         def on_epoch_end(self, epoch, logs=None):
             self._sync()
 
-    class ResumableReduceLR(tf.keras.callbacks.ReduceLROnPlateau):
-        """ReduceLROnPlateau whose counters survive a restart."""
+    class Resumable:
+        """Counters of a Keras callback that survive a restart: restored after the
+        callback's own reset at the start of ``fit``."""
 
+        KEYS: tuple[str, ...] = ()
+
+        def __init__(self, restore: dict | None = None, **kw):
+            super().__init__(**kw)
+            self._restore = restore
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for k, v in (self._restore or {}).items():
+                setattr(self, k, math.inf if v is None and k == "best" else v)
+
+        def state(self) -> dict:
+            return {k: _finite(getattr(self, k)) if k == "best" else int(getattr(self, k))
+                    for k in self.KEYS}
+
+    class ResumableReduceLR(Resumable, tf.keras.callbacks.ReduceLROnPlateau):
         KEYS = ("wait", "cooldown_counter", "best")
 
-        def __init__(self, restore: dict | None = None, **kw):
-            super().__init__(**kw)
-            self._restore = restore
-
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            for k, v in (self._restore or {}).items():
-                setattr(self, k, math.inf if v is None and k == "best" else v)
-
-        def state(self) -> dict:
-            return {k: _finite(getattr(self, k)) if k == "best" else int(getattr(self, k))
-                    for k in self.KEYS}
-
-    class ResumableEarlyStopping(tf.keras.callbacks.EarlyStopping):
-        """EarlyStopping whose counters survive a restart (no restore_best_weights: the
-        saved model is the last epoch's, as the learning-rate schedule left it)."""
-
+    class ResumableEarlyStopping(Resumable, tf.keras.callbacks.EarlyStopping):
+        # No restore_best_weights: the saved model is the last epoch's.
         KEYS = ("wait", "best", "best_epoch", "stopped_epoch")
-
-        def __init__(self, restore: dict | None = None, **kw):
-            super().__init__(**kw)
-            self._restore = restore
-
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            for k, v in (self._restore or {}).items():
-                setattr(self, k, math.inf if v is None and k == "best" else v)
-
-        def state(self) -> dict:
-            return {k: _finite(getattr(self, k)) if k == "best" else int(getattr(self, k))
-                    for k in self.KEYS}
 
     return AverageBatchStatistics, ResumableReduceLR, ResumableEarlyStopping
 
