@@ -22,7 +22,13 @@ def configure_threads(threads: int) -> None:
 
     A fixed count matters for more than speed: how a convolution's sums are split over
     threads can change the last bits of a prediction."""
+    import logging
+
     import tensorflow as tf
+    # One compiled function per model (job) is by design; TensorFlow's hint about frequent
+    # retracing counts them together and would warn on every run with several jobs.
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())
     if threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
