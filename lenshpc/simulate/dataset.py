@@ -10,7 +10,6 @@ import yaml
 
 from lenshpc import io
 from lenshpc.config import UserError, from_yaml_text
-from lenshpc.simulate.run import STATE
 
 
 def _require_dataset(root: Path) -> None:
@@ -138,4 +137,4 @@ def verify(root: Path) -> tuple[list[str], str]:
     return problems, summary
 
 
-__all__ = ["info", "info_text", "verify", "STATE"]
+__all__ = ["info", "info_text", "verify"]
