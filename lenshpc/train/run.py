@@ -395,19 +395,23 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
         write_text_atomic(plan.files.history, history_text(state["history"]))
         write_json(plan.files.run_json, run_record(plan, state, session, finished, extra))
 
+    class EpochLearningRate(tf.keras.callbacks.Callback):
+        """The learning rate the epoch ended with, read before ReduceLROnPlateau changes it."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.lr = float(tf.keras.backend.get_value(optimizer.lr))
+
     class Bookkeeper(tf.keras.callbacks.Callback):
         """Epoch end, after the callbacks that change state: checkpoint, history, run.json
         (rank 0); then the stop check. After each step: the agreed stop check."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = self.t_val = time.time()
-            self.lr = float(tf.keras.backend.get_value(optimizer.lr))
 
         def on_test_begin(self, logs=None):
             self.t_val = time.time()
 
         def on_train_batch_end(self, batch, logs=None):
-            self.lr = float(tf.keras.backend.get_value(optimizer.lr))
             # Alone, the check is a flag lookup; with several ranks it is an allreduce.
             if size == 1 or (batch + 1) % t.stop_check_steps == 0:
                 self._check_stop()
@@ -415,7 +419,7 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in
-                                          ("loss", "val_loss", "mae", "val_mae")}, "lr": self.lr}
+                                          ("loss", "val_loss", "mae", "val_mae")}, "lr": lr_used.lr}
             state["history"] = [*state["history"], row]
             state["epochs_done"] = epoch + 1
             state["lr_factor"] = float(tf.keras.backend.get_value(optimizer.lr)) / scaled_lr
@@ -456,7 +460,8 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=scaled_lr, warmup_epochs=t.warmup_epochs, steps_per_epoch=steps,
             momentum_correction=False))
-    callbacks.append(reduce_lr)
+    lr_used = EpochLearningRate()
+    callbacks += [lr_used, reduce_lr]
     if early is not None:
         callbacks.append(early)
     if root and t.tensorboard:
