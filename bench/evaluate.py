@@ -81,34 +81,42 @@ def run(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def evaluate_rate(cfg: Path, data: Path, runs: Path, out: Path, ranks: int, *extra: str) -> float:
-    """Images/s of the work phase as ``lenshpc evaluate`` reports it (best of REPEAT runs:
-    other work on the machine only ever slows a run down)."""
-    rates = []
+def evaluate_rate(cfg: Path, data: Path, runs: Path, out: Path, ranks: int,
+                  *extra: str) -> tuple[float, float]:
+    """(images/s, images per CPU-second summed over ranks) of the work phase as
+    ``lenshpc evaluate`` reports it; best of REPEAT runs (other work on the machine only
+    ever slows a run down)."""
+    best = (0.0, 0.0)
     for _ in range(REPEAT):
         shutil.rmtree(out, ignore_errors=True)
         stdout = run(["mpirun", "-n", str(ranks), "--oversubscribe", "--bind-to", "none", PYTHON,
                       "-m", "mpi4py", "-m", "lenshpc", "evaluate", "--config", str(cfg), "--data",
                       str(data), "--runs", str(runs), "--out", str(out), *extra])
-        rates.append(float(re.search(r"\(([0-9.]+) images/s on", stdout).group(1)))
-    return max(rates)
+        m = re.search(r"scored (\d+) images in ([0-9.]+) s \(([0-9.]+) images/s on \d+ rank\(s\), "
+                      r"([0-9.]+) CPU s\)", stdout)
+        n, cpu = int(m.group(1)), float(m.group(4))
+        best = max(best[0], float(m.group(3))), max(best[1], n / cpu)
+    return best
 
 
-def rerender_rate(data: Path) -> tuple[float, int]:
-    """Images/s of ``Renderer.render_truth`` over the test systems (one process)."""
+def rerender_rate(data: Path) -> tuple[float, float, int]:
+    """(images/s, images per CPU-second) of ``Renderer.render_truth`` over the test
+    systems in this process, and their number."""
     from lenshpc.config import from_yaml_text
     from lenshpc.evaluate import store
     from lenshpc.simulate.render import Renderer
     ds = store.read_dataset(data)
     renderer = Renderer(from_yaml_text(ds.config_text).image)
     renderer.render_truth(ds.truth_names, ds.truth_test[0])          # numba warm-up
-    best = 0.0
+    n = len(ds.truth_test)
+    wall, cpu = 0.0, 0.0
     for _ in range(REPEAT):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for row in ds.truth_test:
             renderer.render_truth(ds.truth_names, row)
-        best = max(best, len(ds.truth_test) / (time.perf_counter() - t0))
-    return best, len(ds.truth_test)
+        wall = max(wall, n / (time.perf_counter() - t0))
+        cpu = max(cpu, n / (time.process_time() - c0))
+    return wall, cpu, n
 
 
 def main() -> None:
@@ -128,35 +136,39 @@ def main() -> None:
             run([PYTHON, "-m", "lenshpc", "simulate", "--config", str(cfg), "--out", str(data),
                  "--no-progress"])
             run([PYTHON, "-c", MAKE_RUN, str(cfg), str(data), str(runs)])
-            ref, n = rerender_rate(data)
-            r1 = evaluate_rate(cfg, data, runs, tmp / "out1", 1)
-            r2 = evaluate_rate(cfg, data, runs, tmp / "out2", 2)
-            mc = evaluate_rate(cfg, data, runs, tmp / "out3", 2, "--mc-samples", "10")
-            rows.append((label, n, ref, r1, r2, mc))
-            print(f"{label}: {n} test images; re-render alone {ref:.1f}/s; evaluate 1 rank "
-                  f"{r1:.1f}/s ({r1 / ref:.2f}x), 2 ranks {r2:.1f}/s ({r2 / ref:.2f}x, speed-up "
-                  f"{r2 / r1:.2f}x), 2 ranks MC x10 {mc:.1f}/s", flush=True)
+            ref, ref_cpu, n = rerender_rate(data)
+            r1, c1 = evaluate_rate(cfg, data, runs, tmp / "out1", 1)
+            r2, c2 = evaluate_rate(cfg, data, runs, tmp / "out2", 2)
+            mc, mc_cpu = evaluate_rate(cfg, data, runs, tmp / "out3", 2, "--mc-samples", "10")
+            rows.append((label, n, ref, ref_cpu, r1, c1, r2, c2, mc, mc_cpu))
+            print(f"{label}: {n} test images; re-render alone {ref:.1f}/s ({ref_cpu:.1f}/CPU s); "
+                  f"evaluate 1 rank {r1:.1f}/s ({c1:.1f}/CPU s, {c1 / ref_cpu:.2f}x), 2 ranks "
+                  f"{r2:.1f}/s ({c2:.1f}/CPU s, speed-up {r2 / r1:.2f}x), 2 ranks MC x10 "
+                  f"{mc:.1f}/s", flush=True)
         load = os.getloadavg()[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     lines = ["## Evaluate (`bench/evaluate.py`)", "",
-             "Test images per second through predict + re-render + MSE/PSNR (the work phase "
-             "`lenshpc evaluate` reports: model load, prediction, re-render, scoring, gather; "
-             "start-up and report excluded), one job, against the re-render alone "
-             "(`Renderer.render_truth` of the same systems in one process). The network is "
-             "the train stage's, untrained (speed does not depend on the weights). One "
-             "TensorFlow thread per rank (`evaluate.threads: 1`); each rate is the best of "
-             f"{REPEAT} runs.", "",
-             "| case | test images | re-render alone /s | evaluate 1 rank /s | ratio to re-render "
-             "| evaluate 2 ranks /s | ratio to re-render | 1 -> 2 ranks | 2 ranks, MC x10 /s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, n, ref, r1, r2, mc in rows:
-        lines.append(f"| {label} | {n} | {ref:.1f} | {r1:.1f} | **{r1 / ref:.2f}x** | {r2:.1f} | "
-                     f"**{r2 / ref:.2f}x** | {r2 / r1:.2f}x | {mc:.1f} |")
-    lines += ["", "A ratio below 1 is the cost of prediction and scoring on top of the re-render; "
-              "the 1 -> 2 rank speed-up is bounded by free cores "
-              f"(load average at the end of the run: {load:.1f} on {os.cpu_count()} cores)."]
+             "Test images through predict + re-render + MSE/PSNR: the work phase `lenshpc "
+             "evaluate` reports (model load, prediction, re-render, scoring, gather; start-up "
+             "and report excluded), one job, against the re-render alone "
+             "(`Renderer.render_truth` of the same systems in one process). Rates per second "
+             "of wall time and per CPU-second (summed over ranks, all threads): on a shared "
+             "machine the CPU figures are the stable ones. The network is the train stage's, "
+             "untrained (speed does not depend on the weights); one TensorFlow thread per "
+             f"rank (`evaluate.threads: 1`); each figure is the best of {REPEAT} runs.", "",
+             "| case | test images | re-render alone /CPU s | evaluate, 1 rank /CPU s "
+             "| ratio to re-render | 2 ranks /CPU s | parallel efficiency "
+             "| 1 rank /s | 2 ranks /s | 2 ranks, MC x10 /s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, n, ref, ref_cpu, r1, c1, r2, c2, mc, mc_cpu in rows:
+        lines.append(f"| {label} | {n} | {ref_cpu:.1f} | {c1:.1f} | **{c1 / ref_cpu:.2f}x** | "
+                     f"{c2:.1f} | **{c2 / c1:.2f}** | {r1:.1f} | {r2:.1f} | {mc:.1f} |")
+    lines += ["", "Ratio to re-render below 1: the cost of prediction and scoring on top of the "
+              "re-render. Parallel efficiency: CPU-seconds per image with 1 rank over those with "
+              "2 (1.0: the second rank adds no work); the wall-time speed-up is bounded by free "
+              f"cores (load average at the end of the run: {load:.1f} on {os.cpu_count()} cores)."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write and not args.quick:

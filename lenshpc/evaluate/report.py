@@ -428,7 +428,8 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
                                f"normalisation in inference mode" if mc_samples else "off"),
           f"- evaluated now: {len(outcome.evaluated)} job(s)"
           + (f" ({outcome.n_images} images in {outcome.work_seconds:.1f} s on "
-             f"{outcome.n_ranks} rank(s))" if outcome.evaluated else "")
+             f"{outcome.n_ranks} rank(s), {outcome.cpu_seconds:.1f} CPU s)"
+             if outcome.evaluated else "")
           + f"; reused from predictions.h5: {len(outcome.reused)}", ""]
     L += ["### Jobs included", ""]
     rows = []

@@ -38,6 +38,17 @@ from lenshpc.parallel import World, split_evenly, world as get_world
 RENDERED = {"theta_E": "lens_mass.theta_E", "e1": "lens_mass.e1", "e2": "lens_mass.e2"}
 
 
+def idle_barrier(world: World, poll_s: float = 0.01) -> None:
+    """A barrier that sleeps while it waits. MPI implementations busy-poll in blocking
+    collectives; a rank that waits there for minutes (rank 0 drawing figures, a rank
+    done early) would take a core from the ranks still working on a shared node."""
+    if world.comm is None:
+        return
+    request = world.comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+
+
 def log(world: World, text: str) -> None:
     if world.is_root:
         print(f"lenshpc evaluate: {text}", flush=True)
@@ -141,6 +152,7 @@ class Outcome:
     reused: list[str]
     n_ranks: int
     work_seconds: float
+    cpu_seconds: float
     n_images: int
 
 
@@ -259,6 +271,7 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
         idents = {j.key: {"model_checksum": store.sha256_file(j.model_file),
                           "dataset_checksum": ds.checksum, "settings": settings} for j in jobs}
         plan = (idents, store.up_to_date_groups(pred_path, idents))
+    idle_barrier(world)   # the others wait for rank 0's hashing without spinning
     idents, reuse = world.bcast(plan)
     todo = [j for j in jobs if j.key not in reuse]
     for key, reason in skipped:
@@ -274,12 +287,17 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
 
     mine = split_evenly(len(units), world.rank, world.size)
     renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
-    world.barrier()
-    t0 = time.perf_counter()
+    idle_barrier(world)
+    t0, c0 = time.perf_counter(), time.process_time()
     local, errors = ({}, [])
     if len(mine):
         local, errors = _work(units, mine, todo, ds, ds_cfg, cfg, mc, renderer)
-    all_errors = [e for errs in world.allgather(errors) for e in errs]
+    # CPU time (all threads) says how much work the ranks did, whatever else runs on the node
+    cpu = time.process_time() - c0
+    idle_barrier(world)   # ranks done early must not steal CPU from those still working
+    reports = world.allgather((errors, cpu))
+    all_errors = [e for errs, _ in reports for e in errs]
+    cpu_seconds = sum(cpu for _, cpu in reports)
     if all_errors:
         more = f" (and {len(all_errors) - 1} more)" if len(all_errors) > 1 else ""
         raise UserError(all_errors[0] + more)
@@ -302,10 +320,11 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
         if todo:
             rate = n_images / work_seconds if work_seconds > 0 else math.inf
             log(world, f"predicted, re-rendered and scored {n_images} images in "
-                       f"{work_seconds:.1f} s "
-                       f"({rate:.1f} images/s on {world.size} rank(s))")
+                       f"{work_seconds:.1f} s ({rate:.1f} images/s on {world.size} rank(s), "
+                       f"{cpu_seconds:.1f} CPU s)")
         outcome = Outcome(evaluated=[j.key for j in todo], reused=sorted(reuse),
-                          n_ranks=world.size, work_seconds=work_seconds, n_images=n_images)
+                          n_ranks=world.size, work_seconds=work_seconds, cpu_seconds=cpu_seconds,
+                          n_images=n_images)
         if make_report:
             from lenshpc.evaluate import report
             report.write_all(out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=skipped,
@@ -313,4 +332,5 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
                              outcome=outcome)
             log(world, f"wrote {out_dir / 'report.md'}")
         sys.stdout.flush()
+    idle_barrier(world)
     return int(world.bcast(status))

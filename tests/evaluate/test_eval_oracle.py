@@ -74,7 +74,8 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
         d.mkdir(parents=True)
         jobs.append(store.JobRun(model, int(fold[5:]), 0, d, {"p1": 0.0, "p2": 0.0}))
     cfg = load(eval_cfg)
-    outcome = run.Outcome(evaluated=list(preds), reused=[], n_ranks=1, work_seconds=1.0, n_images=0)
+    outcome = run.Outcome(evaluated=list(preds), reused=[], n_ranks=1, work_seconds=1.0,
+                          cpu_seconds=1.0, n_images=0)
     report.write_all(out, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=[],
                      runs_dir=tmp_path / "runs", data_dir=eval_data, mc_samples=0, outcome=outcome)
 
