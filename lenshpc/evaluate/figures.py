@@ -129,8 +129,8 @@ def fig_training_curves(histories: Mapping[str, Sequence[Mapping[str, np.ndarray
     axes = fig.subplots(2, len(models), squeeze=False, sharex="col")
     for c, model in enumerate(models):
         folds = histories[model]
-        mae_label = f"MAE [{mae_unit}]" if mae_unit else "MAE"
-        for r, (metric, ylabel) in enumerate((("loss", "loss (weighted MSE, standardised)"),
+        mae_label = f"MAE\n({mae_unit})" if mae_unit else "MAE"
+        for r, (metric, ylabel) in enumerate((("loss", "loss\n(weighted MSE, standardised)"),
                                               ("mae", mae_label))):
             ax = axes[r, c]
             for key, label, color in ((metric, "training", "C0"),
@@ -151,9 +151,14 @@ def fig_training_curves(histories: Mapping[str, Sequence[Mapping[str, np.ndarray
                     ax.fill_between(epochs[band], (mean - std)[band], (mean + std)[band],
                                     color=color, alpha=0.25, lw=0,
                                     label=r"$\pm 1\sigma$ over folds" if key == metric else None)
-            if metric == "loss" and np.all([np.all(np.asarray(h["loss"]) > 0) for h in folds]):
+            values = np.concatenate([np.asarray(h[k], float) for h in folds
+                                     for k in (metric, f"val_{metric}")])
+            values = values[np.isfinite(values)]
+            # a log axis only when the curve spans more than a decade (early epochs dominate)
+            if values.size and values.min() > 0 and values.max() / values.min() > 10:
                 ax.set_yscale("log")
-            ax.set_ylabel(ylabel)
+            if c == 0:
+                ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if r == 0:
                 ax.set_title(f"{model} ({len(folds)} fold{'s' if len(folds) != 1 else ''})")

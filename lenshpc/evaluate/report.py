@@ -321,7 +321,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
             if h is not None:
                 histories.setdefault(job.model, []).append(h)
     if histories:
-        put(F.fig_training_curves(histories, mae_unit="physical units"),
+        put(F.fig_training_curves(histories, mae_unit=r"mean of $\theta_E$ [arcsec], $q, e_1, e_2$"),
             "fig3_training_curves",
             "Training and validation loss (weighted MSE of standardised targets) and MAE "
             "(mean over theta_E [arcsec], q, e1, e2) per epoch from history.csv: mean over "
