@@ -7,6 +7,8 @@ Measures, on this machine, with 1 and with 2 Horovod ranks (``horovodrun --gloo`
 * model step alone: images/s of ``model.fit`` on the rank's items held as tensors inside
   TensorFlow (``from_tensor_slices(...).batch().cache().repeat()``: no Python, no reads),
   Horovod optimizer included;
+* model step on the input pipeline: the same, in the same process, on lenshpc's pipeline,
+  the two inputs taking turns window by window (the direct measure of what input costs);
 * full training loop: the real ``lenshpc train`` — its training phase (input pipeline,
   model step, per-step stop check, callbacks) and its whole epochs (plus validation and
   the checkpoint), from run.json.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,11 +66,17 @@ def _setup(config: str, data: str):
     return cfg, plan, tf, hvd
 
 
-def _report(hvd, rate: float, kind: str) -> None:
+def _report(hvd, rates: dict[str, float], cpu: dict[str, float] | None = None) -> None:
+    """Print {kind: images/s summed over ranks} and {kind: CPU ms per image, mean over
+    ranks} from rank 0."""
     import horovod.tensorflow as hvd_tf
-    rates = hvd_tf.allgather_object(rate) if hvd.size() > 1 else [rate]
+    mine = (rates, cpu or {})
+    every = hvd_tf.allgather_object(mine) if hvd.size() > 1 else [mine]
     if hvd.rank() == 0:
-        print(json.dumps({"kind": kind, "ranks": hvd.size(), "images_per_s": sum(rates)}), flush=True)
+        total = {k: sum(r[0][k] for r in every) for k in rates}
+        cpu_ms = {k: statistics.mean(r[1][k] for r in every) for k in mine[1]}
+        print(json.dumps({"ranks": hvd.size(), "images_per_s": total, "cpu_ms": cpu_ms}),
+              flush=True)
 
 
 def worker_pipeline(config: str, data: str) -> None:
@@ -86,7 +95,7 @@ def worker_pipeline(config: str, data: str) -> None:
     for _ in range(STEPS * 4):
         xb, _ = next(it)
         n += int(xb.shape[0])
-    _report(hvd, n / (time.perf_counter() - t0), "pipeline")
+    _report(hvd, {"pipeline": n / (time.perf_counter() - t0)})
 
 
 def worker_step(config: str, data: str) -> None:
@@ -98,31 +107,42 @@ def worker_step(config: str, data: str) -> None:
     x, y = D.read_items(plan.dataset.path, ids)
     # The rank's items as tensors batched and cached inside TensorFlow: an input that costs
     # nothing (one repeated batch would be fitted to death and change the arithmetic).
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(t.batch_size, drop_remainder=True)
-    ds = ds.cache().repeat()
+    in_memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(t.batch_size, drop_remainder=True)
+    in_memory = in_memory.cache().repeat()
+    # The real input: this rank's share through lenshpc's pipeline.
+    pipeline = D.tf_dataset(D.TrainBatches(x, y, ids, n_use=len(plan.train_items) // hvd.size(),
+                                           batch_size=t.batch_size, seed=cfg.seed,
+                                           fold=plan.job.fold, n_items=plan.dataset.n_items),
+                            plan.dataset.image_shape, t.prefetch_batches)
     model = build_model(t.network, plan.job.model, cfg.image.size, plan.target_mean, plan.target_std)
     opt = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.Nadam(t.learning_rate * hvd.size()))
     model.compile(optimizer=opt, loss=weighted_mse(t.loss_weights, plan.target_std),
                   metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae")])
+    model.fit(in_memory, steps_per_epoch=WARM_STEPS, epochs=1, verbose=0,
+              callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
     # Windows as long as the full loop's epochs, so "best window" compares like with like.
     window = D.steps_per_epoch(len(plan.train_items), t.batch_size, hvd.size())
 
     class Clock(tf.keras.callbacks.Callback):
-        # Time windows after WARM_STEPS inside one fit: no tracing, no fit start-up.
-        marks: list[float] = []
-
+        # From the third step of a fit on: no fit start-up, no new iterator in the figure.
         def on_train_batch_begin(self, batch, logs=None):
-            if batch >= WARM_STEPS and (batch - WARM_STEPS) % window == 0:
-                self.marks.append(time.perf_counter())
+            if batch == 2:
+                self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
         def on_train_end(self, logs=None):
-            self.marks.append(time.perf_counter())
+            self.seconds = time.perf_counter() - self.t0
+            self.cpu = time.process_time() - self.cpu0
 
-    clock = Clock()
-    model.fit(ds, steps_per_epoch=WARM_STEPS + WINDOWS * window, epochs=1, verbose=0,
-              callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0), clock])
-    best = min(b - a for a, b in zip(clock.marks, clock.marks[1:]))
-    _report(hvd, window * t.batch_size / best, "step")
+    best = {"step": 0.0, "step_on_pipeline": 0.0}
+    cpu: dict[str, list[float]] = {"step": [], "step_on_pipeline": []}
+    for _ in range(WINDOWS):
+        # Taking turns, the two inputs meet the same (shared) machine.
+        for kind, ds in (("step", in_memory), ("step_on_pipeline", pipeline)):
+            clock = Clock()
+            model.fit(ds, steps_per_epoch=window + 2, epochs=1, verbose=0, callbacks=[clock])
+            best[kind] = max(best[kind], window * t.batch_size / clock.seconds)
+            cpu[kind].append(1e3 * clock.cpu / (window * t.batch_size))
+    _report(hvd, best, {k: statistics.median(v) for k, v in cpu.items()})
 
 
 # --------------------------------------------------------------------------- driver
@@ -134,22 +154,24 @@ def launch(ranks: int, args: list[str]) -> list[str]:
     return ["horovodrun", "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", PYTHON, *args]
 
 
-def run_worker(ranks: int, kind: str, config: Path, data: Path) -> float:
+def run_worker(ranks: int, kind: str, config: Path, data: Path) -> dict:
     cmd = launch(ranks, [__file__, "--worker", kind, "--config", str(config), "--data", str(data)])
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True).stdout
-    line = next(l for l in out.splitlines() if '"kind"' in l)
-    return json.loads(line[line.index("{"):])["images_per_s"]
+    line = next(l for l in out.splitlines() if '"images_per_s"' in l)
+    return json.loads(line[line.index("{"):])
 
 
-def run_full(ranks: int, config: Path, data: Path, runs: Path) -> tuple[float, float]:
-    """(training-phase, whole-epoch) images/s of a real ``lenshpc train``: its best epoch
-    after the first (which includes tracing), from run.json."""
+def run_full(ranks: int, config: Path, data: Path, runs: Path) -> tuple[float, float, float]:
+    """Training-phase and whole-epoch images/s of a real ``lenshpc train`` (its best epoch
+    after the first, which includes tracing) and the median CPU ms per image of rank 0 in
+    the training phase, from run.json."""
     cmd = launch(ranks, ["-m", "lenshpc", "train", "--config", str(config), "--data", str(data),
                          "--out", str(runs), "--job", str(JOB)])
     subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True, cwd=ROOT)
     timing = json.loads(next(runs.glob("*/fold-*/run.json")).read_text())["timing"]
     images = timing["images"][1]
-    return images / min(timing["train_s"][1:]), images / min(timing["epoch_s"][1:])
+    cpu_ms = statistics.median(1e3 * c * ranks / images for c in timing["train_cpu_s"][1:])
+    return images / min(timing["train_s"][1:]), images / min(timing["epoch_s"][1:]), cpu_ms
 
 
 def main() -> None:
@@ -166,16 +188,25 @@ def main() -> None:
         t = data["train"]
         rows = []
         for ranks in (1, 2):
-            pipeline = run_worker(ranks, "pipeline", config, dataset)
+            pipeline = run_worker(ranks, "pipeline", config, dataset)["images_per_s"]["pipeline"]
             # Model step and full loop take turns, so both meet the same (shared) machine.
-            step = train_phase = epoch = 0.0
+            step = on_pipeline = train_phase = epoch = 0.0
+            cpu: dict[str, list[float]] = {"step": [], "step_on_pipeline": [], "full": []}
             for r in range(REPEATS):
-                step = max(step, run_worker(ranks, "step", config, dataset))
+                got = run_worker(ranks, "step", config, dataset)
+                rates = got["images_per_s"]
+                step = max(step, rates["step"])
+                on_pipeline = max(on_pipeline, rates["step_on_pipeline"])
+                for k, v in got["cpu_ms"].items():
+                    cpu[k].append(v)
                 full = run_full(ranks, config, dataset, tmp / f"runs-{ranks}-{r}")
                 train_phase, epoch = max(train_phase, full[0]), max(epoch, full[1])
-            rows.append((ranks, pipeline, step, train_phase, epoch))
-            print(f"{ranks} rank(s): pipeline {pipeline:.0f}, step {step:.0f}, training phase "
-                  f"{train_phase:.0f}, whole epoch {epoch:.0f} images/s", flush=True)
+                cpu["full"].append(full[2])
+            cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
+            rows.append((ranks, pipeline, step, on_pipeline, train_phase, epoch, cpu_ms))
+            print(f"{ranks} rank(s): pipeline {pipeline:.0f}, step {step:.0f}, step on the "
+                  f"pipeline {on_pipeline:.0f}, training phase {train_phase:.0f}, whole epoch "
+                  f"{epoch:.0f} images/s; CPU ms/image {cpu_ms}", flush=True)
 
     net = t["network"]
     lines = [
@@ -191,19 +222,38 @@ def main() -> None:
         "epoch's steps, the two taking turns (the machine is shared; other work only slows a "
         "window down). A small network is the hard case for the input: its step is the fastest.",
         "",
-        "| ranks | input pipeline alone | model step alone | full loop, training phase "
-        "| full loop, whole epoch (+ validation, checkpoint) |",
-        "|---|---|---|---|---|",
+        "| ranks | input pipeline alone | model step alone (in-memory tensors) | model step on "
+        "the input pipeline | full loop, training phase | full loop, whole epoch (+ validation, "
+        "checkpoint) |",
+        "|---|---|---|---|---|---|",
     ]
-    for ranks, pipeline, step, train_phase, epoch in rows:
+    for ranks, pipeline, step, on_pipeline, train_phase, epoch, _ in rows:
         lines.append(f"| {ranks} | {pipeline:.0f} img/s ({pipeline / step:.1f}x) | {step:.0f} img/s "
-                     f"(1.00) | {train_phase:.0f} img/s ({train_phase / step:.2f}) | {epoch:.0f} "
-                     f"img/s ({epoch / step:.2f}) |")
+                     f"(1.00) | {on_pipeline:.0f} img/s ({on_pipeline / step:.2f}) | "
+                     f"{train_phase:.0f} img/s ({train_phase / step:.2f}) | {epoch:.0f} img/s "
+                     f"({epoch / step:.2f}) |")
+    lines += ["",
+              "CPU time per image and rank in the training phase (median; less sensitive to "
+              "other work on the machine than wall time), as a ratio to the model step alone:",
+              "",
+              "| ranks | model step alone | model step on the input pipeline | full loop, "
+              "training phase |",
+              "|---|---|---|---|"]
+    for ranks, *_, cpu in rows:
+        s = cpu["step"]
+        lines.append(f"| {ranks} | {s:.2f} ms (1.00) | {cpu['step_on_pipeline']:.2f} ms "
+                     f"({cpu['step_on_pipeline'] / s:.2f}) | {cpu['full']:.2f} ms "
+                     f"({cpu['full'] / s:.2f}) |")
     one, two = rows
     lines += ["",
+              "\"Model step on the input pipeline\" runs in the same process as the model step "
+              "alone, the two inputs taking turns window by window: the most direct measure "
+              "of what the input costs a step. The full loop is a separate `lenshpc train` run "
+              "(all callbacks, per-step stop check, TensorBoard off).",
+              "",
               f"2 ranks vs 1, model step: {two[2] / one[2]:.2f}x; full loop (training phase): "
-              f"{two[3] / one[3]:.2f}x (2 cores shared by both ranks, so no gain is expected "
-              f"here; the figure shows the cost of Horovod's allreduce on one node).",
+              f"{two[4] / one[4]:.2f}x (both ranks share the same 2 cores, so no gain is "
+              f"expected here; the figure shows what Horovod's allreduce costs on one node).",
               "",
               "Goal: full loop (training phase) within 10% of the model step alone, i.e. "
               "ratio >= 0.90. The whole epoch also pays for validation (a forward pass over "

@@ -407,9 +407,10 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = self.t_val = time.time()
+            self.cpu0 = self.cpu_val = time.process_time()
 
         def on_test_begin(self, logs=None):
-            self.t_val = time.time()
+            self.t_val, self.cpu_val = time.time(), time.process_time()
 
         def on_train_batch_end(self, batch, logs=None):
             # Alone, the check is a flag lookup; with several ranks it is an allreduce.
@@ -428,6 +429,8 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
             state["early_stopped"] = bool(self.model.stop_training) and epoch + 1 < plan.epochs
             state["epoch_seconds"] = [*state["epoch_seconds"], time.time() - self.t0]
             state["train_seconds"] = [*state.get("train_seconds", []), self.t_val - self.t0]
+            state["train_cpu_seconds"] = [*state.get("train_cpu_seconds", []),
+                                          self.cpu_val - self.cpu0]
             state["images_trained"] += images_per_epoch
             state["epoch_images"] = [*state.get("epoch_images", []), images_per_epoch]
             if root:
@@ -540,10 +543,12 @@ def run_record(plan: JobPlan, state: dict[str, Any], session: Session, finished:
         "train_time_s": round(seconds, 3),
         "images_per_s": round(state["images_trained"] / seconds, 2) if seconds else None,
         "timing": {"note": "per epoch: training images (all ranks), seconds of the whole epoch "
-                           "(training, validation, checkpoint) and of its training phase",
+                           "(training, validation, checkpoint) and of its training phase, CPU "
+                           "seconds of rank 0's process in the training phase",
                    "images": state.get("epoch_images", []),
                    "epoch_s": [round(v, 4) for v in state["epoch_seconds"]],
-                   "train_s": [round(v, 4) for v in state.get("train_seconds", [])]},
+                   "train_s": [round(v, 4) for v in state.get("train_seconds", [])],
+                   "train_cpu_s": [round(v, 4) for v in state.get("train_cpu_seconds", [])]},
         "config": plan.cfg.to_yaml_text(),
         "versions": _versions(),
         "command": " ".join(sys.argv),
