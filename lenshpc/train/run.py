@@ -123,6 +123,9 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
     if runs.exists() and not runs.is_dir():
         raise UserError(f"--out {runs} exists and is not a directory")
     files = JobFiles(runs / job.path)
+    existing = next(p for p in (files.root, *files.root.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write to {existing} (for --out {runs})")
     key = resume_key(cfg, job, dataset.checksum)
     plan = JobPlan(cfg, job, dataset, files, epochs, train_items, val_items, mean, std, key)
 
