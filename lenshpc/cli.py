@@ -18,7 +18,7 @@ from lenshpc.config import UserError
 def world_rank() -> int:
     """This process' MPI rank as the launcher announced it (0 without a launcher)."""
     import os
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK"):
+    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "SLURM_PROCID"):
         if var in os.environ:
             return int(os.environ[var])
     return 0
