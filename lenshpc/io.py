@@ -17,17 +17,47 @@ and ``truth`` as single (N, ...) datasets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 SHARDS = "shards"
 INDEX = "dataset.h5"
 CONFIG = "config.yaml"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, sync: bool = False) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; rename it to ``path`` when the block succeeds.
+
+    The temporary name keeps ``path``'s suffix (writers that choose a format by suffix,
+    such as Keras and matplotlib, still work). On any error, or a signal that unwinds the
+    block, the temporary file is removed: a file under the final name is always whole.
+    ``sync`` fsyncs before the rename, for state that must survive a node crash."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str, *, sync: bool = False) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path, sync=sync) as tmp:
+        tmp.write_text(text)
 #: Datasets of a shard and their dtypes (also the datasets of the index).
 ARRAYS = {"images": np.float32, "labels": np.float32, "truth": np.float64}
 
@@ -74,26 +104,20 @@ def write_shard(path: Path, start: int, images: np.ndarray, labels: np.ndarray,
     fingerprint) are stored as root attributes beside ``start``, ``n`` and ``checksum``."""
     import h5py
     digest = checksum(images, labels, truth)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     comp = {} if compression == "none" else {"compression": compression}
-    try:
-        with h5py.File(tmp, "w") as f:
-            n = len(images)
-            f.create_dataset("images", data=np.asarray(images, np.float32),
-                             chunks=(1, *images.shape[1:]) if comp else None, **comp)
-            f.create_dataset("labels", data=np.asarray(labels, np.float32))
-            f.create_dataset("truth", data=np.asarray(truth, np.float64))
-            f["labels"].attrs["names"] = list(label_names)
-            f["truth"].attrs["names"] = list(truth_names)
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["start"] = int(start)
-            f.attrs["n"] = int(n)
-            f.attrs["checksum"] = digest
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        n = len(images)
+        f.create_dataset("images", data=np.asarray(images, np.float32),
+                         chunks=(1, *images.shape[1:]) if comp else None, **comp)
+        f.create_dataset("labels", data=np.asarray(labels, np.float32))
+        f.create_dataset("truth", data=np.asarray(truth, np.float64))
+        f["labels"].attrs["names"] = list(label_names)
+        f["truth"].attrs["names"] = list(truth_names)
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["start"] = int(start)
+        f.attrs["n"] = int(n)
+        f.attrs["checksum"] = digest
     return digest
 
 
@@ -149,34 +173,27 @@ def write_index(root: Path, *, n_items: int, image_shape: tuple[int, int],
     shapes = {"images": (n_items, *image_shape), "labels": (n_items, len(label_names)),
               "truth": (n_items, len(truth_names))}
     digest = dataset_checksum(shard_checksums, split)
-    final = root / INDEX
-    tmp = root / f".{INDEX}.{os.getpid()}.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, dtype in ARRAYS.items():
-                layout = h5py.VirtualLayout(shape=shapes[name], dtype=dtype)
-                for k, r in enumerate(shard_ranges_):
-                    # relative to dataset.h5's directory: HDF5 resolves it there first
-                    source = h5py.VirtualSource(f"{SHARDS}/{shard_name(k)}", name,
-                                                shape=(len(r), *shapes[name][1:]))
-                    layout[r.start:r.stop] = source
-                f.create_virtual_dataset(name, layout, fillvalue=np.nan)
-            f["labels"].attrs["names"] = list(label_names)
-            f["truth"].attrs["names"] = list(truth_names)
-            f.create_dataset("split", data=np.asarray(split, np.int8))
-            g = f.create_group("shards")
-            g.create_dataset("name", data=[shard_name(k) for k in range(len(shard_ranges_))],
-                             dtype=h5py.string_dtype())
-            g.create_dataset("start", data=np.array([r.start for r in shard_ranges_], np.int64))
-            g.create_dataset("n", data=np.array([len(r) for r in shard_ranges_], np.int64))
-            g.create_dataset("checksum", data=list(shard_checksums), dtype=h5py.string_dtype())
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["checksum"] = digest
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(root / INDEX) as tmp, h5py.File(tmp, "w") as f:
+        for name, dtype in ARRAYS.items():
+            layout = h5py.VirtualLayout(shape=shapes[name], dtype=dtype)
+            for k, r in enumerate(shard_ranges_):
+                # relative to dataset.h5's directory: HDF5 resolves it there first
+                source = h5py.VirtualSource(f"{SHARDS}/{shard_name(k)}", name,
+                                            shape=(len(r), *shapes[name][1:]))
+                layout[r.start:r.stop] = source
+            f.create_virtual_dataset(name, layout, fillvalue=np.nan)
+        f["labels"].attrs["names"] = list(label_names)
+        f["truth"].attrs["names"] = list(truth_names)
+        f.create_dataset("split", data=np.asarray(split, np.int8))
+        g = f.create_group("shards")
+        g.create_dataset("name", data=[shard_name(k) for k in range(len(shard_ranges_))],
+                         dtype=h5py.string_dtype())
+        g.create_dataset("start", data=np.array([r.start for r in shard_ranges_], np.int64))
+        g.create_dataset("n", data=np.array([len(r) for r in shard_ranges_], np.int64))
+        g.create_dataset("checksum", data=list(shard_checksums), dtype=h5py.string_dtype())
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["checksum"] = digest
     return digest
 
 
@@ -190,14 +207,3 @@ def read_attrs(path: Path) -> dict[str, Any]:
 def decode_names(values: Iterable[Any]) -> list[str]:
     """An h5py string-array attribute as a list of str."""
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -45,7 +45,7 @@ def _colors(n: int) -> list:
 
 def save(fig: Figure, directory: Path, name: str, dpi: int) -> list[Path]:
     """Write ``directory/name.png`` (at ``dpi``) and ``name.pdf``, each atomically."""
-    from lenshpc.evaluate.store import atomic_path
+    from lenshpc.io import atomic_path
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):

@@ -417,14 +417,14 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
           f"{img.pixel_scale} arcsec, supersampling {img.supersampling}, PSF {img.psf}, "
           f"noise {'on' if noise else 'off'}",
           f"- runs: `{Path(runs_dir).resolve()}`",
-          f"- true image for MSE/PSNR: "
+          "- true image for MSE/PSNR: "
           + ("the noise-free render of the true parameters (same PSF); the dataset images carry "
              "noise, the re-render does not" if noise else "the stored (noise-free) image"),
           f"- re-render: predicted theta_E, e1, e2 replace the truth (q enters only through "
           f"e1, e2); predictions outside the renderable domain are moved to theta_E >= "
           f"{cfg.evaluate.theta_E_min} arcsec, |e| <= {cfg.evaluate.max_ellipticity} for the "
           f"re-render only",
-          f"- MC dropout: " + (f"{mc_samples} passes per image, dropout active, batch "
+          "- MC dropout: " + (f"{mc_samples} passes per image, dropout active, batch "
                                f"normalisation in inference mode" if mc_samples else "off"),
           f"- evaluated now: {len(outcome.evaluated)} job(s)"
           + (f" ({outcome.n_images} images in {outcome.work_seconds:.1f} s on "

@@ -15,18 +15,18 @@ groups whose model file, dataset and settings are unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from lenshpc.config import UserError
 from lenshpc.config.train import TARGETS
+from lenshpc.io import atomic_path, atomic_write_text
 
 PREDICTIONS = "predictions.h5"
 #: Datasets of a job group in predictions.h5.
@@ -36,22 +36,9 @@ ARRAYS = ("index", "true", "pred", "psnr", "mse", "clamped", "pred_std")
 # --------------------------------------------------------------------------- atomic writes
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    atomic_write_text(path, text)
 
 
 def sha256_file(path: Path) -> str:

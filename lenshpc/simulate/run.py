@@ -133,7 +133,7 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
             io.atomic_write_text(state_file, json.dumps(
                 {"fingerprint": fp, "n_images": cfg.dataset.n_images,
                  "lenshpc_version": __version__}, indent=1) + "\n")
-        for stale in (out / io.SHARDS).glob(".shard-*.tmp"):  # left by killed ranks
+        for stale in (out / io.SHARDS).glob(".shard-*.tmp*"):  # left by killed ranks
             stale.unlink(missing_ok=True)
     except OSError as exc:
         return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")

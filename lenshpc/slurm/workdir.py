@@ -9,7 +9,6 @@ so either can finish what the other started.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from lenshpc.config import Config, UserError, to_plain
 from lenshpc.config.train import jobs
+from lenshpc.io import atomic_write_text
 from lenshpc.slurm.script import Paths
 
 #: Sections a workdir's config may change between submissions: they do not change
@@ -78,12 +78,6 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
     return None if old == new else (path or "(top level)")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def prepare(cfg: Config, wd: Workdir) -> None:
     """Create the workdir's folders and write ``W/config.yaml``.
 
@@ -107,7 +101,7 @@ def prepare(cfg: Config, wd: Workdir) -> None:
         for folder in (wd.root, wd.dataset, wd.runs, wd.report):
             folder.mkdir(parents=True, exist_ok=True)
         if not wd.config.is_file() or wd.config.read_text() != text:
-            _write_text(wd.config, text)
+            atomic_write_text(wd.config, text)
     except OSError as exc:
         raise UserError(f"cannot write to --workdir {wd.root}: {exc.strerror or exc}") from None
 

@@ -32,6 +32,7 @@ from lenshpc import __version__
 from lenshpc.config import Config, UserError
 from lenshpc.config.schema import to_plain
 from lenshpc.config.train import TARGETS, Job
+from lenshpc.io import atomic_path
 from lenshpc.train import data as D
 from lenshpc.train.state import (Checkpoint, JobFiles, history_text, load_checkpoint,
                                  read_checkpoint_state, read_json, save_checkpoint,
@@ -496,13 +497,8 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
         keep = min(N_SAMPLE_PREDICTIONS, len(val_ids))
         predicted = model(x_val[:keep], training=False).numpy().astype(np.float64)
         final = inference_model(model)
-        tmp = plan.files.model.with_name(f".model-{os.getpid()}.keras")
-        try:
+        with atomic_path(plan.files.model) as tmp:
             final.save(tmp)
-            os.replace(tmp, plan.files.model)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         write_products(True, {"weights_sha256": list(digests),
                               "sample_predictions": {"index": [int(i) for i in val_ids[:keep]],
                                                      "values": predicted.tolist()}})

@@ -16,12 +16,13 @@ Pure Python + numpy: no TensorFlow needed to read any of it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from lenshpc.io import atomic_path, atomic_write_text
 
 #: Columns of history.csv, in order (the contract with evaluate).
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mae", "val_mae", "lr")
@@ -54,28 +55,9 @@ class JobFiles:
         return self.root / "logs"
 
 
-def _sync_and_replace(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-
-
-def _tmp(final: Path, suffix: str = ".tmp") -> Path:
-    return final.with_name(f".{final.name}.{os.getpid()}{suffix}")
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` through a temporary file, fsync and rename."""
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(text)
-        _sync_and_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text, sync=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -126,14 +108,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     arrays = {f"model_{i:04d}": w for i, w in enumerate(ckpt.model)}
     arrays.update({f"optimizer_{i:04d}": w for i, w in enumerate(ckpt.optimizer)})
     arrays["state"] = np.array(json.dumps(ckpt.state, allow_nan=True))
-    tmp = _tmp(path, ".npz")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        _sync_and_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, sync=True) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
