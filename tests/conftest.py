@@ -41,6 +41,12 @@ def lenshpc(*args: str, timeout: float = 600, check: bool = False, **kw) -> subp
     return proc
 
 
+def simulate_dataset(config: Path, out: Path) -> Path:
+    """A real dataset made by ``lenshpc simulate`` from ``config`` (input of later stages)."""
+    lenshpc("simulate", "--config", config, "--out", out, "--no-progress", check=True)
+    return out
+
+
 def mpirun_cmd(n: int, *args: str) -> list[str]:
     """``mpirun -n N python -m mpi4py -m lenshpc ARGS`` as an argument list."""
     return ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "none",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, env, lenshpc, write_config
+from tests.conftest import PYTHON, env, lenshpc, simulate_dataset, write_config
 
 #: Small enough for a few seconds of simulate and train, big enough for several units.
 OVERRIDES = dict(
@@ -46,9 +46,7 @@ def eval_cfg(eval_root) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_data(eval_root, eval_cfg) -> Path:
-    out = eval_root / "data"
-    lenshpc("simulate", "--config", eval_cfg, "--out", out, "--no-progress", check=True)
-    return out
+    return simulate_dataset(eval_cfg, eval_root / "data")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lenshpc
+from tests.conftest import simulate_dataset
 from tests.train.train_util import train_config
 
 
@@ -23,6 +23,4 @@ def train_cfg(train_root) -> Path:
 
 @pytest.fixture(scope="session")
 def train_data(train_root, train_cfg) -> Path:
-    out = train_root / "data"
-    lenshpc("simulate", "--config", train_cfg, "--out", out, "--no-progress", check=True)
-    return out
+    return simulate_dataset(train_cfg, train_root / "data")
