@@ -33,3 +33,11 @@ def write_section(name: str, markdown: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     PERF.write_text(text)
     print(f"wrote section '{name}' of {PERF}")
+
+
+def publish(name: str, lines: list[str], *, write: bool) -> None:
+    """Print a benchmark's markdown and, if ``write``, make it its section of the docs."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        write_section(name, text)

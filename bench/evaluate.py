@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._report import write_section  # noqa: E402
+from bench._report import publish  # noqa: E402
 
 PYTHON = sys.executable
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -175,10 +175,7 @@ def main() -> None:
               "re-render. Parallel efficiency: CPU-seconds per image with 1 rank over those with "
               "2 (1.0: the second rank adds no work); the wall-time speed-up is bounded by free "
               f"cores (load average at the end of the run: {load:.1f} on {os.cpu_count()} cores)."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write and not args.quick:
-        write_section("evaluate", text)
+    publish("evaluate", lines, write=not args.no_write and not args.quick)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench._report import write_section  # noqa: E402
+from bench._report import publish  # noqa: E402
 
 PYTHON = sys.executable
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -195,10 +195,7 @@ def main() -> None:
     if compile_s is not None:
         lines.append(f"First run after a fresh clone compiles the fused renderer once "
                      f"(~{compile_s:.1f} s, then cached by numba).")
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write and not args.quick:
-        write_section("simulate", text)
+    publish("simulate", lines, write=not args.no_write and not args.quick)
 
 
 if __name__ == "__main__":
