@@ -54,6 +54,15 @@ def atomic_path(path: Path, *, sync: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks (model files, catalogues)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: Path, text: str, *, sync: bool = False) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path, sync=sync) as tmp:

@@ -32,6 +32,7 @@ from lenshpc import __version__
 from lenshpc.config import Config, UserError, from_yaml_text
 from lenshpc.config.train import TARGETS
 from lenshpc.evaluate import metrics, store
+from lenshpc.io import file_sha256
 from lenshpc.parallel import World, split_evenly, world as get_world
 
 #: Truth columns replaced by the predictions before re-rendering (q enters through e1, e2).
@@ -268,7 +269,7 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
     settings = settings_text(cfg, mc, ds_cfg.image.noise)
     plan = None
     if world.is_root:
-        idents = {j.key: {"model_checksum": store.sha256_file(j.model_file),
+        idents = {j.key: {"model_checksum": file_sha256(j.model_file),
                           "dataset_checksum": ds.checksum, "settings": settings} for j in jobs}
         plan = (idents, store.up_to_date_groups(pred_path, idents))
     idle_barrier(world)   # the others wait for rank 0's hashing without spinning

@@ -15,7 +15,6 @@ groups whose model file, dataset and settings are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,15 +38,6 @@ ARRAYS = ("index", "true", "pred", "psnr", "mse", "clamped", "pred_std")
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write_text(path, text)
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _text(v: Any) -> str:

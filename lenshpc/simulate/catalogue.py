@@ -13,7 +13,6 @@ distributions. Formats:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,6 @@ import numpy as np
 from lenshpc.config import UserError
 from lenshpc.config.simulate import Population
 from lenshpc.simulate.population import parameter_names
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 (hex) of a file's bytes (identifies the catalogue a dataset was made from)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_csv(path: Path) -> dict[str, np.ndarray]:

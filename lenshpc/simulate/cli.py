@@ -58,7 +58,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     cfg = with_n_images(cfg, args.n_images)
     catalogue = catalogue_sha = None
     if cfg.population.kind == "catalogue":
-        from lenshpc.simulate.catalogue import file_sha256, read_catalogue
+        from lenshpc.io import file_sha256
+        from lenshpc.simulate.catalogue import read_catalogue
         catalogue = read_catalogue(cfg.population.catalogue, cfg.population, cfg.dataset.n_images)
         catalogue_sha = file_sha256(cfg.population.catalogue)
     if cfg.image.psf == "pixel":
