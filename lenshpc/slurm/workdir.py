@@ -8,7 +8,6 @@ so either can finish what the other started.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 
 from lenshpc.config import Config, UserError, to_plain
 from lenshpc.config.train import jobs
-from lenshpc.io import atomic_write_text
+from lenshpc.io import atomic_write_text, read_json
 from lenshpc.slurm.script import Paths
 
 #: Sections a workdir's config may change between submissions: they do not change
@@ -122,10 +121,7 @@ class Progress:
 
 
 def _finished(run_json: Path) -> bool:
-    try:
-        return bool(json.loads(run_json.read_text()).get("finished"))
-    except (OSError, ValueError, AttributeError):
-        return False
+    return bool((read_json(run_json) or {}).get("finished"))
 
 
 def progress(cfg: Config, wd: Workdir) -> Progress:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lenshpc.io import atomic_path, atomic_write_text
+from lenshpc.io import atomic_path, atomic_write_text, read_json  # noqa: F401 (re-exported)
 
 #: Columns of history.csv, in order (the contract with evaluate).
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mae", "val_mae", "lr")
@@ -62,15 +62,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None if it does not exist or is not a JSON object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def history_text(rows: Sequence[dict[str, float]]) -> str:
