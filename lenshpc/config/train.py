@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from lenshpc.config.schema import UserError, param
 
@@ -73,6 +74,9 @@ class Train:
     stop_check_steps: int = param(10, ge=1, doc="With several ranks: every this many steps the "
                                   "ranks agree (one small allreduce) whether SIGTERM/SIGUSR1 arrived; "
                                   "one rank checks after every step.")
+    keep: Literal["best", "last"] = param("best", doc="Which epoch's weights model.keras holds: "
+                                          "the lowest val_loss (best, as the study scores) or the "
+                                          "last epoch trained.")
     tensorboard: bool = param(True, doc="Write TensorBoard logs (rank 0) to RUNS/<model>/fold-<k>/logs.")
 
     def validate(self, path: str) -> None:
