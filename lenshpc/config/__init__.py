@@ -19,22 +19,43 @@ from typing import Any
 
 import yaml
 
-from lenshpc.config.schema import (UserError, _bounds, _fmt, _type_name, build, param,  # noqa: F401
-                                   to_plain)
+from lenshpc.config.evaluate import Evaluate
+from lenshpc.config.schema import (  # noqa: F401
+    UserError,
+    _bounds,
+    _fmt,
+    _type_name,
+    build,
+    first_difference,
+    param,
+    parse_yaml,
+    to_plain,
+)
+from lenshpc.config.simulate import Dataset, Image, Population
+from lenshpc.config.slurm import Slurm
+from lenshpc.config.train import Train
 
 
-from lenshpc.config.evaluate import Evaluate  # noqa: E402
-from lenshpc.config.simulate import Dataset, Image, Population  # noqa: E402
-from lenshpc.config.slurm import Slurm  # noqa: E402
-from lenshpc.config.train import Train  # noqa: E402
+def _study_name(name: str) -> str | None:
+    if not 1 <= len(name) <= 64:
+        return "must have 1 to 64 characters"
+    if not name.isprintable():
+        return "must be printable (no newlines or control characters)"
+    return None
+
+
+_study_name.allowed = "1 to 64 printable characters"  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole lenshpc configuration (one YAML file)."""
 
-    name: str = param("lenshpc", doc="Name of the study; used in job names and the report title.")
-    seed: int = param(20240601, ge=0, doc="Root seed. Item i of the dataset depends only on (seed, i).")
+    name: str = param("lenshpc", check=_study_name,
+                      doc="Name of the study; used in job names and the report title.")
+    seed: int = param(20240601, ge=0, lt=2**63, doc="Root seed. Item i of the dataset depends "
+                      "only on (seed, i). Below 2^63, so it fits a signed 64-bit integer "
+                      "(HDF5 attributes, numpy).")
     image: Image = param(default_factory=Image, doc="Image grid, PSF and noise.")
     dataset: Dataset = param(default_factory=Dataset, doc="Dataset size, splits and sharding.")
     population: Population = param(default_factory=Population,
@@ -54,15 +75,10 @@ def load(path: str | os.PathLike) -> Config:
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"config file {p} is not valid YAML{where}: {problem}") from None
+        text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} cannot be read: {exc}") from None
-    return loads(data, source=str(p))
+    return loads(parse_yaml(text, source=str(p)), source=str(p))
 
 
 def loads(data: Any, source: str = "<config>") -> Config:
@@ -94,8 +110,13 @@ def cross_check(cfg: Config) -> str | None:
 def schema_markdown() -> str:
     """Markdown reference of every config key, its default, unit and allowed values."""
     lines = ["# Configuration reference", "",
-             "Generated from `lenshpc/*/config.py` by `lenshpc config docs`; do not edit by hand.",
-             "Every key is optional; a missing key takes its default. Unknown keys are refused.", ""]
+             "Generated from `lenshpc/config/*.py` by `lenshpc config docs`; do not edit by hand.",
+             "Every key is optional; a missing key takes its default. Unknown keys and keys "
+             "given twice are refused. Numbers must be finite; integers may be written as "
+             "`76396` or `7.6396e+4`, not with a fraction.",
+             "",
+             "Defaults marked *(assumed)* are values the study leaves unstated: the toolkit "
+             "assumes them and they are config values so that they can be changed.", ""]
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
@@ -113,6 +134,8 @@ def schema_markdown() -> str:
                 allowed.append(_bounds(f.metadata))
             if hasattr(tp, "doc_allowed"):
                 allowed = [tp.doc_allowed()]
+            if getattr(f.metadata.get("check"), "allowed", None):
+                allowed.append(f.metadata["check"].allowed)
             rows.append(f"| `{key}` | `{_fmt(to_plain(default))}` | {f.metadata.get('unit', '')} | "
                         f"{'; '.join(allowed)} | {f.metadata['doc']} |")
         if rows:

@@ -15,15 +15,15 @@ def _mc_samples_ok(n: int) -> str | None:
 class Evaluate:
     """Evaluation: work split, MC dropout, re-rendering and figures."""
 
-    chunk_size: int = param(256, ge=1, doc="Test items per unit of work (job x chunk) spread over "
+    chunk_size: int = param(256, ge=1, le=1_000_000, doc="Test items per unit of work (job x chunk) spread over "
                             "ranks. Units are fixed by item index, so results do not depend on "
                             "the number of ranks.")
-    batch_size: int = param(256, ge=1, doc="Prediction batch size (batches are cut inside a chunk, "
+    batch_size: int = param(256, ge=1, le=65536, doc="Prediction batch size (batches are cut inside a chunk, "
                             "so an item's batch is the same on any number of ranks).")
-    mc_samples: int = param(0, ge=0, check=_mc_samples_ok,
+    mc_samples: int = param(0, ge=0, le=10_000, check=_mc_samples_ok,
                             doc="MC-dropout passes per image (0: off; --mc-samples overrides). "
                             "Dropout is active, batch normalisation stays in inference mode.")
-    theta_E_min: float = param(1e-3, gt=0, unit="arcsec",
+    theta_E_min: float = param(1e-3, gt=0, le=1, unit="arcsec",
                                doc="Predicted theta_E below this is raised to it before "
                                "re-rendering (an SIE needs theta_E > 0); metrics use the raw "
                                "prediction.")
@@ -31,11 +31,11 @@ class Evaluate:
                                    doc="Predicted (e1, e2) with a longer modulus are shortened to "
                                    "it before re-rendering (|e| < 1 means q > 0); metrics use the "
                                    "raw prediction.")
-    threads: int = param(1, ge=0, doc="TensorFlow threads per rank. 1: run one rank per core; "
+    threads: int = param(1, ge=0, le=4096, doc="TensorFlow threads per rank. 1: run one rank per core; "
                          "predictions are then bit-identical for any number of ranks. 0: "
                          "TensorFlow's default (all cores of the node; with several ranks per "
                          "node they compete, and the last bits may depend on the thread count).")
     figures: bool = param(True, doc="Draw the figures (false: tables and report.md only, e.g. "
                           "for a quick re-evaluation).")
-    n_examples: int = param(8, ge=1, doc="Example images shown in the report.")
-    dpi: int = param(200, ge=50, doc="Resolution of the PNG figures.")
+    n_examples: int = param(8, ge=1, le=100, doc="Example images shown in the report.")
+    dpi: int = param(200, ge=50, le=1200, doc="Resolution of the PNG figures.")

@@ -46,11 +46,29 @@ def param(
     return field(default=default, metadata=meta)
 
 
+#: Longest rendering of a value in an error message; longer ones are cut (one line each).
+_FMT_MAX = 60
+
+
 def _fmt(value: Any) -> str:
+    """A value as the user wrote it, cut to about ``_FMT_MAX`` characters."""
     if isinstance(value, str):
+        if len(value) > _FMT_MAX:
+            return f"{value[:_FMT_MAX - 20]!r}... ({len(value)} characters)"
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 20:
+        return f"an integer of {len(str(abs(value)))} digits"
     value = to_plain(value)
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    text = " ".join(text.strip().removesuffix("...").split())
+    return text if len(text) <= _FMT_MAX else text[:_FMT_MAX - 5] + " ..."
+
+
+def _num(v: float) -> str:
+    """A bound as text: powers of two from 2^20 as ``2^N``, other integers in full."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"2^{v.bit_length() - 1}" if v >= 2**20 and v & (v - 1) == 0 else str(v)
+    return f"{v:g}"
 
 
 def _type_name(tp: Any) -> str:
@@ -81,7 +99,7 @@ def _bounds(meta: Mapping[str, Any]) -> str:
     parts = []
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
-            parts.append(f"{sym} {meta[key]:g}")
+            parts.append(f"{sym} {_num(meta[key])}")
     return " and ".join(parts)
 
 
@@ -118,24 +136,34 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise UserError(f"config {path}: {_fmt(value)} must have {len(args)} entries")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_convert(a, v, f"{path}[{i}]")
+                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if dataclasses.is_dataclass(tp):
         if hasattr(tp, "from_yaml"):
             return tp.from_yaml(value, path)
         return build(tp, value, path)
+    return _convert_scalar(tp, value, path)
+
+
+def _convert_scalar(tp: Any, value: Any, path: str) -> Any:
+    """Convert a YAML scalar to bool, int, float, str or Any (see :func:`_convert`)."""
     if tp is bool:
         if not isinstance(value, bool):
             raise UserError(f"config {path}: {_fmt(value)} is not true or false")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            # 76396.0 or 1.0e+5 is accepted, but a float is exact only below 2^53
+            if abs(value) >= 2**53:
+                raise UserError(f"config {path}: {value:g} is not an integer below 2^53 "
+                                f"(write large integers with digits only)")
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise UserError(f"config {path}: {_fmt(value)} is not an integer")
+            raise UserError(f"config {path}: {_fmt(value)} is not an integer{_text_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config {path}: {_fmt(value)} is not a number")
+            raise UserError(f"config {path}: {_fmt(value)} is not a number{_text_hint(value)}")
         if not math.isfinite(value):
             raise UserError(f"config {path}: {_fmt(value)} is not a finite number")
         return float(value)
@@ -146,6 +174,17 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug, not user input
+
+
+def _text_hint(value: Any) -> str:
+    """Why a number-like string is text: YAML 1.1 reads ``1e5`` (no point) as a string."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return " (YAML reads it as text: write a number such as 1.0e+5)" if math.isfinite(number) else ""
 
 
 def _check_bounds(meta: Mapping[str, Any], value: Any, path: str) -> None:
@@ -209,3 +248,110 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return [to_plain(v) for v in obj]
     return obj
+
+
+# --------------------------------------------------------------------------- YAML text
+
+
+def parse_yaml(text: str, source: str = "<config>") -> Any:
+    """Parse YAML text of a config; a key given twice in one mapping is refused.
+
+    Plain YAML keeps the last of duplicate keys silently (a second ``seed:`` or
+    ``image:`` would replace the first). The error names the key's path and both
+    lines. Syntax errors are reported as UserError with their line and column."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            _refuse_duplicate_keys(root, "", source, set())
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"config file {source} is not valid YAML{where}: {problem}") from None
+
+
+def _key_value(node: yaml.Node) -> Any:
+    """The value a scalar mapping key stands for (``1`` and ``0x1`` are the same key)."""
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, TypeError, ValueError):
+        return (node.tag, node.value)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: walked once already (and YAML may be recursive)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            sub = path or "(top level)"
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = _key_value(key_node)   # `<<: *base` merge keys may be overridden
+                sub = f"{path}.{key}" if path else str(key)
+                line = key_node.start_mark.line + 1
+                try:
+                    duplicate = key in first_line
+                    earlier = first_line.setdefault(key, line)
+                except TypeError:   # an unhashable key: build() refuses it later
+                    duplicate = False
+                if duplicate:
+                    lines = f"both on line {line}" if earlier == line else \
+                        f"at lines {earlier} and {line}"
+                    raise UserError(f"config {sub}: given twice in {source}, {lines}; "
+                                    f"give each key once")
+            _refuse_duplicate_keys(value_node, sub, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]", source, seen)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """Where two plain config trees first differ, as ``dotted.key: old -> new``, or None.
+
+    ``old`` and ``new`` are plain data (dicts, lists, scalars; e.g. :func:`to_plain` of two
+    configs, or their YAML). Mappings are walked in ``old``'s key order, then the keys
+    only ``new`` has; a key only one side has differs from the other side's value and
+    shows as ``(absent)``. Lists of equal length are compared item by item
+    (``train.models[1].p1``). Scalars compare by value, except that true/false never
+    equals a number (``True == 1`` in Python). Values are cut to one short line."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in [*old, *(k for k in new if k not in old)]:
+            sub = f"{path}.{key}" if path else str(key)
+            diff = first_difference(old.get(key, _ABSENT), new.get(key, _ABSENT), sub)
+            if diff:
+                return diff
+        return None
+    if (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))
+            and len(old) == len(new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            diff = first_difference(a, b, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None
+    if _same_number(old, new) or (type(old) is type(new) and old == new):
+        return None
+    return f"{path or '(top level)'}: {_shown(old)} -> {_shown(new)}"
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT: Any = _Absent()
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """1 and 1.0 are the same value in a config (YAML writes either)."""
+    numbers = (int, float)
+    return (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
+
+
+def _shown(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else _fmt(value)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from lenshpc.config.schema import UserError, _fmt, build, param
+from lenshpc.config.schema import UserError, _fmt, _text_hint, build, param
 
 # --------------------------------------------------------------------------- distributions
+
+#: Largest magnitude of any distribution parameter: beyond any physical value in arcsec,
+#: degrees or flux, and small enough that every draw stays a finite float64.
+PARAM_MAX = 1e6
+
+#: Largest sigma of ln(x) of a lognormal (a factor e^5 = 148 per sigma; draws stay finite).
+LOGNORMAL_SIGMA_MAX = 5.0
 
 #: Parameters of every distribution kind: required names, then optional names with defaults.
 DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
@@ -28,7 +35,7 @@ class Distribution:
     Kinds: constant(value); uniform(low, high); normal(mean, sigma);
     truncnormal(mean, sigma, low, high); lognormal(median, sigma [, low, high]) where
     sigma is that of ln(x) and low/high truncate; beta(a, b [, low, high]) scaled to
-    [low, high]."""
+    [low, high]. Every parameter is a finite number of magnitude at most ``PARAM_MAX``."""
 
     dist: str
     params: tuple[tuple[str, float], ...]
@@ -55,6 +62,7 @@ class Distribution:
     @classmethod
     def from_yaml(cls, value: Any, path: str) -> "Distribution":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_number(value, path)
             return cls.constant(value)
         if not isinstance(value, dict) or "dist" not in value:
             raise UserError(f"config {path}: {_fmt(value)} is not a number or a mapping with "
@@ -78,10 +86,14 @@ class Distribution:
                 raise UserError(f"config {path}.{key}: required for dist {kind}")
             v = given[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise UserError(f"config {path}.{key}: {_fmt(v)} is not a number")
+                raise UserError(f"config {path}.{key}: {_fmt(v)} is not a number{_text_hint(v)}")
+            _check_number(v, f"{path}.{key}")
             params[key] = float(v)
         if "sigma" in params and not params["sigma"] > 0:
             raise UserError(f"config {path}.sigma: {_fmt(given['sigma'])} must be > 0")
+        if kind == "lognormal" and params["sigma"] > LOGNORMAL_SIGMA_MAX:
+            raise UserError(f"config {path}.sigma: {_fmt(given['sigma'])} is out of range; "
+                            f"allowed for lognormal (sigma of ln x): <= {LOGNORMAL_SIGMA_MAX:g}")
         for key in ("a", "b", "median"):
             if key in params and not params[key] > 0:
                 raise UserError(f"config {path}.{key}: {_fmt(given[key])} must be > 0")
@@ -100,17 +112,38 @@ class Distribution:
         return "a number, or {dist: constant/uniform/normal/truncnormal/lognormal/beta, ...}"
 
 
+def _check_number(value: float, path: str) -> None:
+    if not math.isfinite(value):
+        raise UserError(f"config {path}: {_fmt(value)} is not a finite number")
+    if abs(value) > PARAM_MAX:
+        raise UserError(f"config {path}: {_fmt(value)} is out of range; allowed: "
+                        f"magnitude <= {PARAM_MAX:g}")
+
+
 U = Distribution.of
 
 
-def _positive_support(d: Distribution) -> str | None:
-    low, _ = d.bounds
-    return None if low > 0 else "must have support above 0 (give low > 0)"
+def _support(low: float, high: float, unit: str = "") -> Callable[[Distribution], str | None]:
+    """A check that a distribution's values lie within (low, high] (low = 0: above 0)."""
+    text = f"({low:g}, {high:g}]" + (f" {unit}" if unit else "")
+
+    def check(d: Distribution) -> str | None:
+        lo, hi = d.bounds
+        if lo > low and hi <= high:
+            return None
+        give = "give low and high" if d.dist in ("normal", "lognormal") else "adjust it"
+        return f"must have its values within {text} ({give})"
+
+    check.allowed = f"values within {text}"  # type: ignore[attr-defined]
+    return check
 
 
-def _axis_ratio_support(d: Distribution) -> str | None:
-    low, high = d.bounds
-    return None if 0 < low and high <= 1 else "must lie within (0, 1] (give 0 < low, high <= 1)"
+#: Supports of the parameters with a physical range: beyond anything a lens survey sees,
+#: but finite, so no draw can overflow the renderer.
+_einstein_radius = _support(0, 100, "arcsec")
+_half_light_radius = _support(0, 100, "arcsec")
+_sersic_index = _support(0, 20)
+_axis_ratio = _support(0, 1)
 
 
 # --------------------------------------------------------------------------- sections
@@ -121,21 +154,31 @@ class Image:
     """The image grid, PSF and noise (CSST wide-field pixels by default)."""
 
     size: int = param(64, ge=8, le=4096, unit="pixels",
-                      doc="Side of the square image (one channel).")
-    pixel_scale: float = param(0.074, gt=0, unit="arcsec/pixel", doc="Pixel scale (CSST: 0.074).")
+                      doc="Side of the square image (one channel). The study does not state it: "
+                      "64 for quick runs, 112 (8.3 arcsec) in the paper config (assumed).")
+    pixel_scale: float = param(0.074, ge=1e-4, le=10, unit="arcsec/pixel",
+                               doc="Pixel scale (CSST: 0.074).")
     supersampling: int = param(1, ge=1, le=16,
-                               doc="Supersampling factor of the ray-tracing grid (1 = none).")
-    psf: Literal["none", "gaussian", "pixel"] = param("none", doc="PSF convolution.")
-    psf_fwhm: float = param(0.15, gt=0, unit="arcsec", doc="FWHM of the Gaussian PSF.")
+                               doc="Supersampling factor of the ray-tracing grid (1 = none; the "
+                               "study does not state it, the paper config uses 3) (assumed).")
+    psf: Literal["none", "gaussian", "pixel"] = param("none", doc="PSF convolution (none in the "
+                                                      "study).")
+    psf_fwhm: float = param(0.15, gt=0, le=10, unit="arcsec",
+                            doc="FWHM of the Gaussian PSF; at most the field of view.")
     psf_kernel: str | None = param(None, doc="Path of a .npy pixel PSF kernel (psf: pixel).")
-    background_rms: float = param(0.0, ge=0, unit="normalised flux",
+    background_rms: float = param(0.0, ge=0, le=100, unit="normalised flux",
                                   doc="Gaussian background noise, relative to the image maximum.")
-    exposure_time: float | None = param(None, gt=0, unit="s",
+    exposure_time: float | None = param(None, gt=0, le=1e8, unit="s",
                                         doc="Exposure time for Poisson noise (null: none).")
 
     def validate(self, path: str) -> None:
         if self.psf == "pixel" and not self.psf_kernel:
             raise UserError(f"config {path}.psf_kernel: required when {path}.psf is 'pixel'")
+        if self.psf == "gaussian" and self.psf_fwhm > self.field_of_view:
+            # the kernel would be larger than the image (and could exhaust memory)
+            raise UserError(f"config {path}.psf_fwhm: {self.psf_fwhm:g} arcsec is wider than the "
+                            f"{self.field_of_view:g} arcsec field ({path}.size x "
+                            f"{path}.pixel_scale)")
 
     @property
     def noise(self) -> bool:
@@ -151,11 +194,12 @@ class Image:
 class Dataset:
     """Dataset size, cross-validation folds, held-out test set and sharding."""
 
-    n_images: int = param(1000, ge=1, doc="Number of lens systems.")
+    n_images: int = param(1000, ge=1, le=10**9, doc="Number of lens systems (the study: "
+                          "76,396).")
     test_fraction: float = param(0.0837216608, ge=0, lt=1,
                                  doc="Fraction held out as test set (paper: 6,396 of 76,396).")
     n_folds: int = param(4, ge=2, le=100, doc="Cross-validation folds over the non-test items.")
-    shard_size: int = param(200, ge=1, doc="Items per shard file: the unit of work and of "
+    shard_size: int = param(200, ge=1, le=100_000, doc="Items per shard file: the unit of work and of "
                             "resume. Shards are dealt round-robin to ranks, so several per rank "
                             "balance the load.")
     compression: Literal["none", "gzip", "lzf"] = param("none", doc="HDF5 compression of images.")
@@ -171,14 +215,17 @@ class LensMass:
     """SIE lens mass. e1, e2 are derived from q and phi (phi_q2_ellipticity)."""
 
     theta_E: Distribution = param(U("lognormal", median=0.8, sigma=0.55, low=0.07, high=3.65),
-                                  unit="arcsec", check=_positive_support,
-                                  doc="Einstein radius (assumed shape: reproduces the study's "
-                                      "0.07-3.65 arcsec with strong positive skew).")
-    q: Distribution = param(U("beta", a=4.0, b=1.6, low=0.2, high=1.0), check=_axis_ratio_support,
-                            doc="Axis ratio (minor/major); assumed shape: 0.2-1, concentrated "
-                                "towards high values as in the study.")
+                                  unit="arcsec", check=_einstein_radius,
+                                  doc="Einstein radius. The study's range 0.07-3.65 arcsec with "
+                                      "strong positive skew; the shape (assumed).")
+    q: Distribution = param(U("truncnormal", mean=0.85, sigma=0.25, low=0.2, high=1.0),
+                            check=_axis_ratio,
+                            doc="Axis ratio (minor/major). The study's range 0.2-1, concentrated "
+                                "towards high values; the shape (assumed) puts enough systems "
+                                "near q = 0.2 that e1, e2 reach the study's 0.63, 0.23.")
     phi: Distribution = param(Distribution.constant(10.0), unit="deg",
-                              doc="Position angle (fixed at 10 deg in the study).")
+                              doc="Position angle (fixed at 10 deg in the study: it gives "
+                                  "e1 <= 0.63 and e2 <= 0.23 at q = 0.2).")
     center_x: Distribution = param(Distribution.constant(0.0), unit="arcsec", doc="Centre x.")
     center_y: Distribution = param(Distribution.constant(0.0), unit="arcsec", doc="Centre y.")
 
@@ -188,15 +235,16 @@ class LensLight:
     """SERSIC_ELLIPSE lens light, centred on the lens mass."""
 
     amp: Distribution = param(U("uniform", low=5.0, high=20.0), unit="flux",
-                              doc="Amplitude at R_sersic (assumed; images are normalised).")
+                              doc="Amplitude at R_sersic; images are normalised (assumed).")
     R_sersic: Distribution = param(U("uniform", low=0.3, high=1.5), unit="arcsec",
-                                   check=_positive_support,
-                                   doc="Half-light radius (assumed 0.3-1.5).")
-    n_sersic: Distribution = param(Distribution.constant(4.0), check=_positive_support,
-                                   doc="Sersic index (assumed 4).")
-    q: Distribution = param(U("uniform", low=0.6, high=1.0), check=_axis_ratio_support,
-                            doc="Axis ratio.")
-    phi: Distribution = param(Distribution.constant(10.0), unit="deg", doc="Position angle.")
+                                   check=_half_light_radius,
+                                   doc="Half-light radius, 0.3-1.5 arcsec (assumed).")
+    n_sersic: Distribution = param(Distribution.constant(4.0), check=_sersic_index,
+                                   doc="Sersic index, 4 (assumed).")
+    q: Distribution = param(U("uniform", low=0.6, high=1.0), check=_axis_ratio,
+                            doc="Axis ratio (assumed).")
+    phi: Distribution = param(Distribution.constant(10.0), unit="deg",
+                              doc="Position angle, that of the lens mass (assumed).")
 
 
 @dataclass(frozen=True)
@@ -206,17 +254,18 @@ class SourceLight:
     amp: Distribution = param(U("uniform", low=20.0, high=80.0), unit="flux",
                               doc="Amplitude at R_sersic (assumed).")
     R_sersic: Distribution = param(U("uniform", low=0.1, high=0.4), unit="arcsec",
-                                   check=_positive_support, doc="Half-light radius (assumed).")
-    n_sersic: Distribution = param(Distribution.constant(2.5), check=_positive_support,
-                                   doc="Sersic index (assumed 2.5, between disc and elliptical).")
-    q: Distribution = param(U("uniform", low=0.4, high=1.0), check=_axis_ratio_support,
-                            doc="Axis ratio.")
+                                   check=_half_light_radius, doc="Half-light radius (assumed).")
+    n_sersic: Distribution = param(Distribution.constant(2.5), check=_sersic_index,
+                                   doc="Sersic index, 2.5: between disc (1) and elliptical (4) "
+                                   "(assumed).")
+    q: Distribution = param(U("uniform", low=0.4, high=1.0), check=_axis_ratio,
+                            doc="Axis ratio (assumed).")
     phi: Distribution = param(U("uniform", low=0.0, high=180.0), unit="deg",
-                              doc="Position angle.")
+                              doc="Position angle (assumed).")
     center_x: Distribution = param(U("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
-                                   unit="arcsec", doc="Offset from the lens centre, x.")
+                                   unit="arcsec", doc="Offset from the lens centre, x (assumed).")
     center_y: Distribution = param(U("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
-                                   unit="arcsec", doc="Offset from the lens centre, y.")
+                                   unit="arcsec", doc="Offset from the lens centre, y (assumed).")
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,18 @@ from typing import Literal
 from lenshpc.config.schema import UserError, param
 
 #: Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
-_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d+(:\d{1,2}(:\d{1,2})?)?)$")
-_MEMORY = re.compile(r"^\d+[KMGT]?$")
+#: At most 3 digits of days and 6 of minutes or hours: a time Slurm can hold.
+_TIME = re.compile(r"^(\d{1,3}-\d{1,2}(:\d{1,2}(:\d{1,2})?)?|\d{1,6}(:\d{1,2}(:\d{1,2})?)?)$")
+_MEMORY = re.compile(r"^\d{1,12}[KMGT]?$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def _time(value: str) -> str | None:
-    return None if _TIME.match(value) else "is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)"
+    return None if _TIME.fullmatch(value) else "is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)"
 
 
 def _memory(value: str) -> str | None:
-    return None if _MEMORY.match(value) else "is not a Slurm memory size (e.g. 4000, 4000M, 4G)"
+    return None if _MEMORY.fullmatch(value) else "is not a Slurm memory size (e.g. 4000, 4000M, 4G)"
 
 
 def _sbatch_options(values: tuple[str, ...]) -> str | None:
@@ -45,9 +46,9 @@ def _assignments(values: tuple[str, ...]) -> str | None:
 class MpiJob:
     """Resources of an MPI job (the simulate and evaluate stages)."""
 
-    nodes: int = param(1, ge=1, doc="--nodes.")
-    ntasks: int = param(2, ge=1, doc="--ntasks: MPI ranks of the job.")
-    cpus_per_task: int = param(1, ge=1, doc="--cpus-per-task.")
+    nodes: int = param(1, ge=1, le=100_000, doc="--nodes.")
+    ntasks: int = param(2, ge=1, le=10_000_000, doc="--ntasks: MPI ranks of the job.")
+    cpus_per_task: int = param(1, ge=1, le=4096, doc="--cpus-per-task.")
     mem_per_cpu: str | None = param(None, check=_memory,
                                     doc="--mem-per-cpu, e.g. 4G (null: the site default).")
     time: str = param("01:00:00", check=_time, doc="--time: the job's time limit.")
@@ -60,24 +61,24 @@ class MpiJob:
 class TrainJob:
     """Resources of each train array task (one job of the model x fold grid)."""
 
-    nodes: int = param(1, ge=1, doc="--nodes per task.")
-    ranks: int = param(1, ge=1, doc="Horovod ranks per task (--ntasks; a multiple of `nodes`).")
-    gpus: int = param(0, ge=0, doc="GPUs per node of each task (0: CPU only); usually "
+    nodes: int = param(1, ge=1, le=100_000, doc="--nodes per task.")
+    ranks: int = param(1, ge=1, le=10_000_000, doc="Horovod ranks per task (--ntasks; a multiple of `nodes`).")
+    gpus: int = param(0, ge=0, le=64, doc="GPUs per node of each task (0: CPU only); usually "
                       "ranks / nodes, one GPU per rank.")
     gpu_option: Literal["gres", "gpus-per-node"] = param(
         "gres", doc="How GPUs are asked for: --gres=gpu:G or --gpus-per-node=G.")
     launcher: Literal["srun", "mpirun", "horovodrun"] = param(
         "srun", doc="How a task starts its Horovod ranks.")
-    cpus_per_task: int = param(1, ge=1, doc="--cpus-per-task (CPU threads of each rank).")
+    cpus_per_task: int = param(1, ge=1, le=4096, doc="--cpus-per-task (CPU threads of each rank).")
     mem_per_cpu: str | None = param(None, check=_memory,
                                     doc="--mem-per-cpu, e.g. 4G (null: the site default).")
     time: str = param("04:00:00", check=_time, doc="--time: time limit of each task.")
-    signal_seconds: int = param(300, ge=10, unit="s",
+    signal_seconds: int = param(300, ge=10, le=86_400, unit="s",
                                 doc="USR1 arrives this long before the time limit; training then "
                                 "stops after a checkpoint and the task requeues itself.")
-    max_requeues: int = param(3, ge=0, doc="A task requeues itself at most this often "
+    max_requeues: int = param(3, ge=0, le=1000, doc="A task requeues itself at most this often "
                               "(counting every restart Slurm made of it).")
-    max_parallel: int = param(0, ge=0, doc="At most this many tasks run at once (--array=...%N; "
+    max_parallel: int = param(0, ge=0, le=1_000_000, doc="At most this many tasks run at once (--array=...%N; "
                               "0: no limit).")
     partition: str | None = param(None, doc="--partition of the tasks (null: `slurm.partition`).")
     extra: tuple[str, ...] = param((), check=_sbatch_options,

@@ -15,9 +15,11 @@ TARGETS = ("theta_E", "q", "e1", "e2")
 class DropoutModel:
     """One dropout configuration of the experiment (p1 after Dense 512, p2 after Dense 1024)."""
 
-    name: str = param(doc="Model name, e.g. model1 (used in paths: RUNS/<name>/fold-<k>).",
-                      check=lambda s: None if s and s.replace("-", "").replace("_", "").isalnum()
-                      else "must be letters, digits, '-' or '_'")
+    name: str = param(doc="Model name, e.g. model1 (used in paths: RUNS/<name>/fold-<k>); "
+                      "1 to 64 ASCII letters, digits, '-' or '_'.",
+                      check=lambda s: None if 0 < len(s) <= 64 and s.isascii()
+                      and s.replace("-", "").replace("_", "").isalnum()
+                      else "must be 1 to 64 ASCII letters, digits, '-' or '_'")
     p1: float = param(0.0, ge=0, lt=1, doc="Dropout rate after the first dense layer.")
     p2: float = param(0.0, ge=0, lt=1, doc="Dropout rate after the second dense layer.")
 
@@ -26,21 +28,26 @@ class DropoutModel:
 class Network:
     """The modified AlexNet of METHOD.md section 2 (widths and kernels configurable)."""
 
-    conv1_filters: int = param(128, ge=1, doc="Block 1 filters.")
-    conv1_kernel: int = param(11, ge=1, unit="pixels", doc="Block 1 kernel size (assumed 11).")
-    conv1_stride: int = param(2, ge=1, doc="Block 1 stride.")
-    conv2_filters: int = param(256, ge=1, doc="Block 2 filters.")
-    conv2_kernel: int = param(5, ge=1, unit="pixels", doc="Block 2 kernel size (assumed 5).")
-    conv2_stride: int = param(3, ge=1, doc="Block 2 stride.")
-    conv3_filters: int = param(256, ge=1, doc="Block 3 filters (each of its conv layers).")
-    conv3_layers: int = param(4, ge=1, doc="Block 3 number of 3x3 conv layers.")
-    conv3_kernel: int = param(3, ge=1, unit="pixels", doc="Block 3 kernel size.")
-    pool_size: int = param(2, ge=1, unit="pixels", doc="Max-pool size and stride.")
-    batch_norm: bool = param(True, doc="BatchNorm after every conv layer (assumed in block 3).")
+    conv1_filters: int = param(128, ge=1, le=8192, doc="Block 1 filters.")
+    conv1_kernel: int = param(11, ge=1, le=64, unit="pixels", doc="Block 1 kernel size, 11 "
+                              "(assumed).")
+    conv1_stride: int = param(2, ge=1, le=64, doc="Block 1 stride.")
+    conv2_filters: int = param(256, ge=1, le=8192, doc="Block 2 filters.")
+    conv2_kernel: int = param(5, ge=1, le=64, unit="pixels", doc="Block 2 kernel size, 5 "
+                              "(assumed).")
+    conv2_stride: int = param(3, ge=1, le=64, doc="Block 2 stride.")
+    conv3_filters: int = param(256, ge=1, le=8192, doc="Block 3 filters (each of its conv layers).")
+    conv3_layers: int = param(4, ge=1, le=64, doc="Block 3 number of 3x3 conv layers.")
+    conv3_kernel: int = param(3, ge=1, le=64, unit="pixels", doc="Block 3 kernel size.")
+    pool_size: int = param(2, ge=1, le=64, unit="pixels", doc="Max-pool size and stride "
+                           "(assumed).")
+    batch_norm: bool = param(True, doc="BatchNorm after every conv layer; the study has it in "
+                             "blocks 1 and 2, in block 3 (assumed).")
     batch_norm_momentum: float = param(0.99, gt=0, lt=1, doc="Momentum of the BatchNorm moving "
-                                       "statistics used at inference (lower adapts in fewer steps).")
-    dense1: int = param(512, ge=1, doc="Units of the first dense layer.")
-    dense2: int = param(1024, ge=1, doc="Units of the second dense layer.")
+                                       "statistics used at inference (lower adapts in fewer "
+                                       "steps); Keras' default (assumed).")
+    dense1: int = param(512, ge=1, le=65536, doc="Units of the first dense layer.")
+    dense2: int = param(1024, ge=1, le=65536, doc="Units of the second dense layer.")
 
 
 @dataclass(frozen=True)
@@ -53,25 +60,32 @@ class Train:
         doc="Dropout configurations; jobs are numbered model-major: J = model_index * n_folds + fold.")
     network: Network = param(default_factory=Network, doc="Network shape.")
     loss_weights: tuple[float, float, float, float] = param(
-        (1.0, 1.0, 3.0, 3.0), ge=0, doc="Weights of the MSE terms of theta_E, q, e1, e2.")
-    standardize_targets: bool = param(True, doc="Standardise targets with training-fold statistics.")
-    batch_size: int = param(64, ge=1, doc="Batch size per rank.")
-    epochs: int = param(100, ge=1, doc="Maximum number of epochs.")
-    learning_rate: float = param(1e-3, gt=0, doc="Initial NAdam learning rate (single rank; "
-                                 "scaled by the number of ranks).")
-    warmup_epochs: int = param(1, ge=0, doc="Epochs of linear learning-rate warm-up to the scaled "
-                               "rate (Horovod).")
-    early_stopping_patience: int = param(15, ge=0, doc="Epochs without val_loss improvement "
-                                         "before stopping (0: never stop early).")
-    reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor.")
-    reduce_lr_patience: int = param(5, ge=0, doc="ReduceLROnPlateau patience (epochs).")
-    min_lr: float = param(1e-6, ge=0, doc="ReduceLROnPlateau lower bound.")
-    read_block_mb: int = param(256, ge=1, unit="MiB", doc="Size of one contiguous HDF5 read when "
+        (1.0, 1.0, 3.0, 3.0), ge=0, le=1000, doc="Weights of the MSE terms of theta_E, q, e1, e2.")
+    standardize_targets: bool = param(True, doc="Standardise targets with training-fold "
+                                      "statistics; predictions are mapped back before any "
+                                      "metric (assumed).")
+    batch_size: int = param(64, ge=1, le=65536, doc="Batch size per rank, 64 (assumed).")
+    epochs: int = param(100, ge=1, le=100_000, doc="Maximum number of epochs, 100 (assumed).")
+    learning_rate: float = param(1e-3, gt=0, le=10, doc="Initial NAdam learning rate (single "
+                                 "rank; scaled by the number of ranks), 1e-3 (assumed).")
+    warmup_epochs: int = param(1, ge=0, le=1000, doc="Epochs of linear learning-rate warm-up to "
+                               "the scaled rate (Horovod's practice; not in the study) "
+                               "(assumed).")
+    early_stopping_patience: int = param(15, ge=0, le=100_000, doc="Epochs without val_loss "
+                                         "improvement before stopping (0: never stop early), 15 "
+                                         "(assumed).")
+    reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor, 0.5 "
+                                   "(assumed).")
+    reduce_lr_patience: int = param(5, ge=0, le=100_000, doc="ReduceLROnPlateau patience "
+                                 "(epochs), 5 (assumed).")
+    min_lr: float = param(1e-6, ge=0, le=10, doc="ReduceLROnPlateau lower bound, 1e-6 "
+                       "(assumed).")
+    read_block_mb: int = param(256, ge=1, le=65536, unit="MiB", doc="Size of one contiguous HDF5 read when "
                                "a rank loads its share of the fold into memory.")
-    prefetch_batches: int = param(4, ge=1, doc="Batches prepared ahead of the training step.")
-    threads_per_rank: int | None = param(None, ge=1, doc="TensorFlow intra-op threads per rank "
+    prefetch_batches: int = param(4, ge=1, le=1024, doc="Batches prepared ahead of the training step.")
+    threads_per_rank: int | None = param(None, ge=1, le=4096, doc="TensorFlow intra-op threads per rank "
                                          "(null: the rank's CPUs, shared among the ranks of a node).")
-    stop_check_steps: int = param(10, ge=1, doc="With several ranks: every this many steps the "
+    stop_check_steps: int = param(10, ge=1, le=1_000_000, doc="With several ranks: every this many steps the "
                                   "ranks agree (one small allreduce) whether SIGTERM/SIGUSR1 arrived; "
                                   "one rank checks after every step.")
     keep: Literal["best", "last"] = param("best", doc="Which epoch's weights model.keras holds: "

@@ -41,16 +41,19 @@ def _register_dataset(sub) -> None:
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=info_command)
-    v = dsub.add_parser("verify", help="check every shard's checksum (exit 1 if any is bad)")
+    v = dsub.add_parser("verify", help="check every shard's checksum and the index against the "
+                                       "shards (exit 1 if any is bad; runs under mpirun)")
     v.add_argument("dir", metavar="DIR")
     v.set_defaults(func=verify_command)
 
 
 def simulate_command(args: argparse.Namespace) -> int:
     from lenshpc.config import UserError, load
+    from lenshpc.io import raise_open_file_limit
     from lenshpc.parallel import world
     from lenshpc.simulate.run import simulate, with_n_images
 
+    raise_open_file_limit()
     # Validation first, identically on every rank, before any collective call.
     cfg = load(args.config)
     if args.n_images is not None and args.n_images < 1:
@@ -81,16 +84,25 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 
 def info_command(args: argparse.Namespace) -> int:
+    from lenshpc.cli import world_rank
+    from lenshpc.io import raise_open_file_limit
     from lenshpc.simulate.dataset import info, info_text
+    raise_open_file_limit()
     data = info(Path(args.dir))
-    print(json.dumps(data, indent=1) if args.json else info_text(data))
+    if world_rank() == 0:
+        print(json.dumps(data, indent=1) if args.json else info_text(data))
     return 0
 
 
 def verify_command(args: argparse.Namespace) -> int:
+    from lenshpc.io import raise_open_file_limit
+    from lenshpc.parallel import world
     from lenshpc.simulate.dataset import verify
-    problems, summary = verify(Path(args.dir))
-    for line in problems:
-        print(line, file=sys.stderr)
-    print(summary)
+    raise_open_file_limit()
+    w = world()
+    problems, summary = verify(Path(args.dir), w)
+    if w.is_root:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(summary)
     return 1 if problems else 0

@@ -1,4 +1,8 @@
-"""Inspect and verify a dataset directory (``lenshpc dataset info|verify``)."""
+"""Inspect, verify and judge a dataset directory (``lenshpc dataset info|verify``).
+
+:func:`dataset_done` is the one answer to "is this dataset finished?" for simulate
+itself, train, ``lenshpc run`` and ``slurm submit``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,37 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lenshpc import io
+from lenshpc import io, lock
 from lenshpc.config import UserError, from_yaml_text
+from lenshpc.parallel import World
+
+#: Name of the dataset's completion marker (``DIR/dataset.done.json``).
+PRODUCT = "dataset"
+
+
+def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
+    """Whether the dataset in ``root`` is finished and intact, cheaply.
+
+    The marker exists and ``dataset.h5``, ``config.yaml`` and ``simulate.json`` still have
+    their size and (with ``hashed``) sha256, and every shard the marker lists exists with
+    its size. Shards are not hashed (too slow at 10^6 images): ``lenshpc dataset verify``
+    checks their data."""
+    root = Path(root)
+    done = lock.check_done(root, PRODUCT, hashed=hashed)
+    if not done:
+        return done
+    shards = (done.info or {}).get("shards")
+    if not isinstance(shards, dict) or not shards:
+        return lock.Done(False, f"{lock.marker_path(root, PRODUCT)} lists no shards")
+    for name, size in shards.items():
+        path = root / io.SHARDS / name
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return lock.Done(False, f"{path} is missing")
+        if actual != size:
+            return lock.Done(False, f"{path} changed size since it was finished")
+    return done
 
 
 def _require_dataset(root: Path) -> None:
@@ -19,47 +52,51 @@ def _require_dataset(root: Path) -> None:
         raise UserError(f"{root}: not a lenshpc dataset (no {io.INDEX} or {io.CONFIG})")
 
 
+def _incomplete(root: Path) -> dict[str, Any]:
+    try:
+        cfg = from_yaml_text((root / io.CONFIG).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{root}: unreadable {io.CONFIG}: {exc}") from None
+    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    done = [k for k in range(len(ranges)) if io.shard_info(io.shard_path(root, k))]
+    return {"path": str(root), "complete": False, "n_images": cfg.dataset.n_images,
+            "images_done": sum(len(ranges[k]) for k in done),
+            "shards": len(ranges), "shards_done": len(done),
+            "missing": [io.shard_name(k) for k in sorted(set(range(len(ranges))) - set(done))],
+            "image_shape": [cfg.image.size, cfg.image.size],
+            "pixel_scale": cfg.image.pixel_scale, "n_folds": cfg.dataset.n_folds,
+            "n_test": cfg.dataset.n_test, "seed": cfg.seed}
+
+
 def info(root: Path) -> dict[str, Any]:
-    """A summary of the dataset in ``root`` (complete or not) as plain data."""
-    import h5py
+    """A summary of the dataset in ``root`` (complete or not) as plain data.
+
+    Reads only ``dataset.h5`` (labels and truth are ordinary arrays there), never a shard
+    of a complete dataset; ``finished`` is the verdict of :func:`dataset_done`."""
     _require_dataset(root)
     if not (root / io.INDEX).is_file():
-        try:
-            cfg = from_yaml_text((root / io.CONFIG).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{root}: unreadable {io.CONFIG}: {exc}") from None
-        ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
-        done = [k for k in range(len(ranges)) if io.shard_info(io.shard_path(root, k))]
-        return {"path": str(root), "complete": False, "n_images": cfg.dataset.n_images,
-                "images_done": sum(len(ranges[k]) for k in done),
-                "shards": len(ranges), "shards_done": len(done),
-                "image_shape": [cfg.image.size, cfg.image.size],
-                "pixel_scale": cfg.image.pixel_scale, "n_folds": cfg.dataset.n_folds,
-                "n_test": cfg.dataset.n_test, "seed": cfg.seed}
-    try:
-        with h5py.File(root / io.INDEX, "r") as f:
-            attrs = io.read_attrs(root / io.INDEX)
-            labels = f["labels"][...]
-            truth = f["truth"][...]
-            label_names = io.decode_names(f["labels"].attrs["names"])
-            truth_names = io.decode_names(f["truth"].attrs["names"])
-            split = f["split"][...]
-            n, h, w = f["images"].shape
-    except (OSError, KeyError) as exc:
-        raise UserError(f"{root / io.INDEX}: unreadable: {exc}") from None
-    folds = {str(k): int(np.sum(split == k)) for k in range(int(attrs["n_folds"]))}
-    def ranges(values: np.ndarray, names: list[str]) -> dict[str, list[float]]:
+        return _incomplete(root)
+    index = io.read_index(root)
+    attrs = index.attrs
+    split = index.split
+    folds = {str(k): int(np.sum(split == k)) for k in range(index.n_folds)}
+
+    def ranges(values: np.ndarray, names: tuple[str, ...]) -> dict[str, list[float]]:
         if not len(values):
             return {}
-        return {name: [float(np.nanmin(values[:, j])), float(np.nanmax(values[:, j]))]
+        return {name: [float(np.min(values[:, j])), float(np.max(values[:, j]))]
                 for j, name in enumerate(names)}
-    return {"path": str(root), "complete": True, "n_images": int(n), "image_shape": [int(h), int(w)],
+    done = dataset_done(root, hashed=False)
+    h, w = index.image_shape
+    return {"path": str(root), "complete": True, "finished": done.ok,
+            "not_finished_because": done.reason,
+            "n_images": index.n_items, "image_shape": [h, w], "shards": len(index.shards),
             "pixel_scale": float(attrs["pixel_scale"]),
             "supersampling_factor": int(attrs["supersampling_factor"]), "seed": int(attrs["seed"]),
-            "labels": label_names, "label_ranges": ranges(labels, label_names),
-            "truth": truth_names, "truth_ranges": ranges(truth, truth_names),
-            "n_folds": int(attrs["n_folds"]), "fold_sizes": folds, "n_test": int(np.sum(split == -1)),
-            "checksum": str(attrs["checksum"]), "lenshpc_version": str(attrs["lenshpc_version"]),
+            "labels": list(index.label_names), "label_ranges": ranges(index.labels, index.label_names),
+            "truth": list(index.truth_names), "truth_ranges": ranges(index.truth, index.truth_names),
+            "n_folds": index.n_folds, "fold_sizes": folds, "n_test": int(np.sum(split == -1)),
+            "checksum": index.checksum, "lenshpc_version": str(attrs["lenshpc_version"]),
             "lenstronomy_version": str(attrs["lenstronomy_version"])}
 
 
@@ -73,9 +110,12 @@ def info_text(d: dict[str, Any]) -> str:
             f"({d['shards_done']} of {d['shards']} shards); run the same simulate command to finish",
             f"  image     {h} x {w} pixels, {d['pixel_scale']} arcsec/pixel",
             f"  split     {d['n_folds']} folds, {d['n_test']} test"])
-    lines = [f"dataset {d['path']}: complete",
-             f"  images    {d['n_images']} of {h} x {w} pixels, {d['pixel_scale']} arcsec/pixel, "
-             f"supersampling {d['supersampling_factor']}",
+    head = (f"dataset {d['path']}: complete" if d["finished"] else
+            f"dataset {d['path']}: NOT FINISHED ({d['not_finished_because']}); run the same "
+            f"simulate command to finish it, or lenshpc dataset verify")
+    lines = [head,
+             f"  images    {d['n_images']} of {h} x {w} pixels in {d['shards']} shards, "
+             f"{d['pixel_scale']} arcsec/pixel, supersampling {d['supersampling_factor']}",
              f"  split     {d['n_folds']} folds of {', '.join(map(str, d['fold_sizes'].values()))}; "
              f"{d['n_test']} test",
              "  labels    " + ", ".join(f"{k} {lo:.3g}..{hi:.3g}" for k, (lo, hi) in d["label_ranges"].items()),
@@ -87,54 +127,37 @@ def info_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify(root: Path) -> tuple[list[str], str]:
-    """Recompute every shard's checksum against the dataset's table.
+def verify(root: Path, world: World | None = None) -> tuple[list[str], str]:
+    """Check every shard against the index and the index against itself.
 
-    Returns (problems, summary line): one problem line per missing, unreadable
-    (e.g. truncated) or altered shard, or an incomplete dataset."""
-    import h5py
+    Per shard (dealt round-robin to the ranks of ``world``, one open at a time): exists,
+    readable, its items, its data's checksum against the table, and the index's labels and
+    truth of its items against the shard's. Of the index: finite labels and the dataset
+    checksum over the table and split. Returns (problems, summary line) on every rank."""
+    world = world or World()
     _require_dataset(root)
     if not (root / io.INDEX).is_file():
-        d = info(root)
-        missing = [io.shard_name(k) for k in range(d["shards"])
-                   if io.shard_info(io.shard_path(root, k)) is None]
+        d = _incomplete(root)
+        missing = d["missing"]
         return ([f"{root}: incomplete: missing {', '.join(missing[:10])}"
                  + (" ..." if len(missing) > 10 else "")],
                 f"{root}: INCOMPLETE ({d['shards_done']} of {d['shards']} shards)")
-    try:
-        with h5py.File(root / io.INDEX, "r") as f:
-            names = io.decode_names(f["shards/name"][...])
-            starts = f["shards/start"][...]
-            counts = f["shards/n"][...]
-            table = io.decode_names(f["shards/checksum"][...])
-            split = f["split"][...]
-            stored = str(io.read_attrs(root / io.INDEX)["checksum"])
-    except (OSError, KeyError) as exc:
-        raise UserError(f"{root / io.INDEX}: unreadable: {exc}") from None
-    problems = []
-    for name, start, n, expected in zip(names, starts, counts, table):
-        path = root / io.SHARDS / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        try:
-            images, labels, truth = io.read_shard(path)
-            own = str(io.read_attrs(path).get("checksum", ""))
-        except (OSError, KeyError) as exc:
-            problems.append(f"{name}: unreadable (truncated or damaged): {exc}")
-            continue
-        if len(images) != n or len(labels) != n or len(truth) != n:
-            problems.append(f"{name}: holds {len(images)} items, expected {n}")
-        elif io.checksum(images, labels, truth) != expected:
-            problems.append(f"{name}: checksum mismatch (altered data)")
-        elif own != expected:
-            problems.append(f"{name}: checksum attribute differs from the dataset's table")
-    if io.dataset_checksum(table, split) != stored:
+    index = io.read_index(root, finite=False)
+    mine = []
+    for k in range(world.rank, len(index.shards), world.size):
+        problem = io.check_shard(index, k)
+        if problem:
+            mine.append((k, problem))
+    problems = [line for _, line in sorted(p for part in world.allgather(mine) for p in part)]
+    bad = np.flatnonzero(~np.isfinite(index.labels).all(axis=1))
+    if bad.size:
+        problems.append(f"{io.INDEX}: {bad.size} items have labels that are not finite "
+                        f"(first: item {bad[0]})")
+    if io.dataset_checksum(index.shards.checksum, index.split) != index.checksum:
         problems.append(f"{io.INDEX}: dataset checksum does not match its shard table and split")
-    n_items = int(np.sum(counts))
-    summary = (f"{root}: {len(names)} shards, {n_items} images: "
+    summary = (f"{root}: {len(index.shards)} shards, {index.n_items} images: "
                + ("OK" if not problems else f"{len(problems)} problem(s)"))
     return problems, summary
 
 
-__all__ = ["info", "info_text", "verify"]
+__all__ = ["PRODUCT", "dataset_done", "info", "info_text", "verify"]

@@ -48,7 +48,7 @@ def truth_to_kwargs(names: Sequence[str], row: Sequence[float]) -> tuple[list[di
     them), ``row`` the matching floats (arcsec for radii and centres). Returns
     ``(kwargs_lens, kwargs_source, kwargs_lens_light)``, each a list of one dict."""
     parts: dict[str, dict[str, float]] = {c: {} for c in KWARGS}
-    for name, value in zip(names, row):
+    for name, value in zip(names, row, strict=True):
         name = name.decode() if isinstance(name, bytes) else str(name)
         component, _, kwarg = name.partition(".")
         if component not in parts or kwarg not in KWARGS[component]:

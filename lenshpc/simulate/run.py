@@ -1,15 +1,19 @@
 """The simulate driver: shards of items rendered by MPI ranks into a dataset directory.
 
 Work unit: shard k = items [k*shard_size, (k+1)*shard_size), independent of the number of
-ranks. Rank 0 inspects the directory (config identity, shards already complete) and
-broadcasts the shards left to do; they are dealt round-robin to the ranks. Each rank
-renders its shards and writes each one atomically; rank 0 gathers progress messages
-and, when every rank is done, writes ``dataset.h5``. A killed run restarts where it
-stopped because a shard file with its final name is always complete.
+ranks. Rank 0 takes the folder's lock (one writer per dataset, held for the whole run),
+inspects the directory (config identity, free space, shards already complete) and
+broadcasts its verdict and the shards left to do; they are dealt round-robin to the
+ranks. Each rank renders its shards and writes each one atomically; rank 0 gathers
+progress messages and, when every rank is done, writes ``dataset.h5`` and then the
+completion marker ``dataset.done.json``. A killed run restarts where it stopped because
+a shard file with its final name is always complete; a full disk stops the run with one
+line and a rerun after freeing space resumes the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,10 +27,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lenshpc import __version__, io
+from lenshpc import __version__, io, lock
 from lenshpc.config import Config, UserError, loads, to_plain
 from lenshpc.parallel import Progress, World
 from lenshpc.simulate import population as pop
+from lenshpc.simulate.dataset import PRODUCT, dataset_done
 from lenshpc.simulate.render import TRUTH_NAMES, Renderer
 
 #: The config sections that define a dataset's content (the rest do not change it).
@@ -92,18 +97,75 @@ def _is_dataset_dir(out: Path) -> bool:
     return (out / io.CONFIG).is_file() or (out / STATE).is_file() or (out / io.INDEX).is_file()
 
 
+def _foreign_files(out: Path) -> bool:
+    """True if ``out`` holds files but not a lenshpc dataset (its lock file aside)."""
+    return not _is_dataset_dir(out) and any(p.name != lock.LOCK_NAME for p in out.iterdir())
+
+
 def _remove_products(out: Path) -> None:
-    """Remove what lenshpc simulate wrote in ``out`` (and nothing else)."""
+    """Remove what lenshpc simulate wrote in ``out`` (and nothing else); the marker first."""
+    lock.clear_done(out, PRODUCT)
     shutil.rmtree(out / io.SHARDS, ignore_errors=True)
     for name in (io.INDEX, io.CONFIG, STATE):
         (out / name).unlink(missing_ok=True)
 
 
-def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
-    """Rank 0: check ``out`` against this config, prepare it, list the shards left to do.
+def take_folder(out: Path, overwrite: bool, held: contextlib.ExitStack) -> str | None:
+    """Rank 0: make ``out`` and take its lock into ``held``; the refusal as one line, or None.
 
-    Refusals (different config without --overwrite, a foreign non-empty folder, an
-    unwritable place) come back as ``Plan(error=...)`` before anything is written."""
+    A foreign folder is refused before the lock file is created in it."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a directory"
+    if out.is_dir() and not overwrite and _foreign_files(out):
+        return (f"--out {out} already holds files that are not a lenshpc dataset; choose an "
+                f"empty or new folder, or use --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot write to --out {out}: {exc.strerror or exc}"
+    if not os.access(out, os.W_OK):
+        return f"cannot write to --out {out}: permission denied"
+    try:
+        held.enter_context(lock.exclusive(out, "dataset"))
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def space_problem(out: Path, cfg: Config) -> str | None:
+    """Rank 0: the refusal when the dataset cannot fit in the free space of ``out``'s file
+    system (counting the products already there, which are kept or replaced), or None.
+
+    Uncompressed, images are counted in full; compressed, only what never compresses
+    (labels, truth, the index), and a full disk later is met by the disk-full handling."""
+    d = cfg.dataset
+    shards, index = io.estimate_bytes(d.n_images, (cfg.image.size, cfg.image.size),
+                                      len(pop.LABEL_NAMES), len(TRUTH_NAMES), d.shard_size)
+    if d.compression != "none":
+        shards = d.n_images * (len(pop.LABEL_NAMES) * 4 + len(TRUTH_NAMES) * 8)
+    need = shards + index
+    have = 0
+    with contextlib.suppress(OSError):
+        with os.scandir(out / io.SHARDS) as entries:
+            have += sum(e.stat().st_size for e in entries if e.name.startswith("shard-"))
+    with contextlib.suppress(OSError):
+        have += (out / io.INDEX).stat().st_size
+    free = io.free_bytes(out)
+    if need <= free + have:
+        return None
+    return (f"--out {out}: {d.n_images} images need about {io.human_bytes(need)} "
+            f"({need} bytes) but {io.human_bytes(free)} are free there"
+            + (f" (plus {io.human_bytes(have)} already written)" if have else "")
+            + "; free space, choose another --out, or simulate fewer images")
+
+
+def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
+    """Rank 0, holding the lock: check ``out`` against this config, prepare it, list the
+    shards left to do.
+
+    Refusals (different config without --overwrite, a foreign non-empty folder, too
+    little free space, an unwritable place) come back as ``Plan(error=...)`` before
+    anything is written. The dataset is complete only when :func:`dataset_done` holds."""
     if out.exists() and not out.is_dir():
         return Plan(error=f"--out {out} exists and is not a directory")
     state_file = out / STATE
@@ -120,13 +182,20 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
                 diff = first_difference(old_part, dataset_part(cfg)) or "the catalogue file changed"
                 return Plan(error=f"--out {out} holds a dataset made from a different config "
                                   f"({diff}); use --overwrite to replace it")
-        elif any(out.iterdir()):
+            if dataset_done(out):
+                return Plan(complete=True)
+        elif any(p.name != lock.LOCK_NAME for p in out.iterdir()):
             what = "an incomplete dataset" if _is_dataset_dir(out) else "files that are not a lenshpc dataset"
             return Plan(error=f"--out {out} already holds {what}; choose an empty or new "
                               f"folder, or use --overwrite")
+    refusal = space_problem(out, cfg)
+    if refusal:
+        return Plan(error=refusal)
     try:
         if overwrite and out.is_dir():
             _remove_products(out)
+        # Not finished (or damaged): the marker goes before anything is rewritten.
+        lock.clear_done(out, PRODUCT)
         (out / io.SHARDS).mkdir(parents=True, exist_ok=True)
         if not state_file.is_file():
             io.atomic_write_text(out / io.CONFIG, cfg.to_yaml_text())
@@ -137,8 +206,6 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
             stale.unlink(missing_ok=True)
     except OSError as exc:
         return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
-    if (out / io.INDEX).is_file():
-        return Plan(complete=True)
     ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
     todo, done = [], []
     for k, r in enumerate(ranges):
@@ -180,12 +247,12 @@ def render_items(renderer: Renderer, cfg: Config, indices: range,
 class _Reporter:
     """Per-image callback: rank 0 advances the progress display and drains workers'
     messages; a worker sends its count to rank 0 at most every ``every`` seconds, and a
-    last message with its (write time, rank time) when it is done."""
+    last message with its (write time, rank time, disk-full or None) when it is done."""
 
     def __init__(self, world: World, progress: Progress | None, every: float = 0.5):
         self.world, self.progress, self.every = world, progress, every
         self.pending, self.last, self.finished = 0, time.monotonic(), 0
-        self.times: list[tuple[float, float]] = []
+        self.times: list[tuple[float, float, DiskFull | None]] = []
 
     def __call__(self, n: int = 1) -> None:
         self.pending += n
@@ -196,7 +263,7 @@ class _Reporter:
         elif time.monotonic() - self.last >= self.every:
             self.send()
 
-    def send(self, final: tuple[float, float] | None = None) -> None:
+    def send(self, final: tuple[float, float, DiskFull | None] | None = None) -> None:
         if self.world.comm is None:
             return
         self.world.comm.send((self.pending, final), dest=0, tag=PROGRESS_TAG)
@@ -226,13 +293,27 @@ def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
              stream=None, progress: bool = True) -> dict[str, Any]:
     """Simulate the dataset of ``cfg`` into ``out`` with this rank's share of the shards.
 
-    Call on every rank with the same arguments. Returns (on every rank) a summary dict:
+    Call on every rank with the same arguments. Rank 0 holds the folder's lock until the
+    index and the marker are written. Returns (on every rank) a summary dict:
     ``complete_before``, ``n_images``, ``shards_done``, ``wall_time_s``, ``write_time_s``
-    (this rank) and, on rank 0, ``write_share`` (writing / rank time over all ranks)."""
+    (this rank) and, on rank 0, ``write_share`` (writing / rank time over all ranks).
+    UserError (raised on rank 0, which speaks for all) for every refusal and a full disk."""
+    with contextlib.ExitStack() as held:
+        return _simulate(cfg, out, world, held, overwrite=overwrite, catalogue=catalogue,
+                         catalogue_sha256=catalogue_sha256, stream=stream, progress=progress)
+
+
+def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, *,
+              overwrite: bool, catalogue, catalogue_sha256, stream, progress) -> dict[str, Any]:
     stream = sys.stderr if stream is None else stream
     t0 = time.perf_counter()
     fp = fingerprint(cfg, catalogue_sha256)
-    the_plan = world.bcast(plan(out, cfg, fp, overwrite) if world.is_root else None)
+    the_plan = None
+    if world.is_root:
+        refusal = take_folder(out, overwrite, held)
+        the_plan = Plan(error=refusal) if refusal else plan(out, cfg, fp, overwrite)
+    # Every rank gets rank 0's verdict before any work: all refuse together or all start.
+    the_plan = world.bcast(the_plan)
     if the_plan.error:
         raise UserError(the_plan.error)
     summary: dict[str, Any] = {"complete_before": the_plan.complete, "n_images": cfg.dataset.n_images}
@@ -255,31 +336,79 @@ def simulate(cfg: Config, out: Path, world: World, *, overwrite: bool = False,
     report = _Reporter(world, bar)
     attrs = {"fingerprint": fp, "seed": cfg.seed}
     write_time = 0.0
-    for k in mine:
+    full: DiskFull | None = None
+    for pos, k in enumerate(mine):
         images, labels, truth = render_items(renderer, cfg, ranges[k], catalogue, on_item=report)
         tw = time.perf_counter()
-        io.write_shard(io.shard_path(out, k), ranges[k].start, images, labels, truth,
-                       label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs,
-                       compression=cfg.dataset.compression)
+        path = io.shard_path(out, k)
+        try:
+            io.write_shard(path, ranges[k].start, images, labels, truth,
+                           label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs,
+                           compression=cfg.dataset.compression)
+        except OSError as exc:
+            if not io.is_disk_full(exc):
+                raise
+            # Stop this rank; the others finish what they can. Rank 0 says it once.
+            full = DiskFull(str(path), sum(_shard_bytes(cfg, len(ranges[j])) for j in mine[pos:]))
+            break
         write_time += time.perf_counter() - tw
         _test_hook_after_shard(world.rank)
-    summary.update(shards_done=len(mine), write_time_s=write_time)
+    summary.update(shards_done=len(mine) if full is None else pos, write_time_s=write_time)
     if not world.is_root:
-        # the last message carries this rank's times; the rank is then free to exit
-        report.send(final=(write_time, time.perf_counter() - t0))
+        # the last message carries this rank's times and any disk-full; the rank is then
+        # free to exit (normally: rank 0 reports the failure for every rank)
+        report.send(final=(write_time, time.perf_counter() - t0, full))
         summary["wall_time_s"] = time.perf_counter() - t0
         return summary
     own_time = time.perf_counter() - t0
     report.drain(block=True)
     bar.close()
+    fulls = [f for f in (full, *(t[2] for t in report.times)) if f is not None]
+    if fulls:
+        _, index_bytes = _estimate(cfg)
+        raise UserError(disk_full_message(fulls[0].path, sum(f.bytes for f in fulls) + index_bytes,
+                                          out, "the remaining shards and the index"))
     tw = time.perf_counter()
-    write_dataset_index(out, cfg)
+    try:
+        write_dataset_index(out, cfg, fp)
+    except OSError as exc:
+        if not io.is_disk_full(exc):
+            raise
+        raise UserError(disk_full_message(out / io.INDEX, _estimate(cfg)[1], out,
+                                          "the index (the shards are kept)")) from None
     index_time = time.perf_counter() - tw
-    times = [(write_time, own_time), *report.times]
+    times = [(write_time, own_time), *((w, r) for w, r, _ in report.times)]
     summary.update(wall_time_s=time.perf_counter() - t0, index_time_s=index_time,
                    write_share=(sum(w for w, _ in times) + index_time) /
                    (sum(r for _, r in times) + index_time))
     return summary
+
+
+@dataclass(frozen=True)
+class DiskFull:
+    """A rank stopped by a full disk: the file it could not write and the bytes its
+    unwritten shards need."""
+
+    path: str
+    bytes: int
+
+
+def _estimate(cfg: Config) -> tuple[int, int]:
+    d = cfg.dataset
+    return io.estimate_bytes(d.n_images, (cfg.image.size, cfg.image.size),
+                             len(pop.LABEL_NAMES), len(TRUTH_NAMES), d.shard_size)
+
+
+def _shard_bytes(cfg: Config, n: int) -> int:
+    return io.estimate_bytes(n, (cfg.image.size, cfg.image.size), len(pop.LABEL_NAMES),
+                             len(TRUTH_NAMES), n)[0]
+
+
+def disk_full_message(path: str | Path, need: int, out: Path, what: str) -> str:
+    """The one line of a full disk: the file, the bytes still needed, what to do."""
+    return (f"disk full writing {path}: {what} need about {io.human_bytes(need)} ({need} bytes), "
+            f"{io.human_bytes(io.free_bytes(out))} are free; free space and run the same "
+            f"command again to resume")
 
 
 def _test_hook_after_shard(rank: int) -> None:
@@ -293,16 +422,13 @@ def _test_hook_after_shard(rank: int) -> None:
 # --------------------------------------------------------------------------- index
 
 
-def write_dataset_index(out: Path, cfg: Config) -> str:
-    """Rank 0, after every shard is written: ``out/dataset.h5``; returns the dataset checksum."""
+def write_dataset_index(out: Path, cfg: Config, fp: str | None = None) -> str:
+    """Rank 0, after every shard is written: ``out/dataset.h5``, then the completion marker
+    (``dataset.done.json``: dataset.h5, config.yaml and simulate.json hashed, every shard
+    by size); returns the dataset checksum. With ``fp``, every shard must carry that
+    config fingerprint."""
     import lenstronomy
     ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
-    checksums = []
-    for k, r in enumerate(ranges):
-        info = io.shard_info(io.shard_path(out, k))
-        if info is None or info.start != r.start or info.n != len(r):
-            raise RuntimeError(f"shard {io.shard_name(k)} is missing after every rank finished")
-        checksums.append(info.checksum)
     d = cfg.dataset
     split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds)
     attrs = {"image_size": cfg.image.size, "pixel_scale": cfg.image.pixel_scale,
@@ -310,6 +436,11 @@ def write_dataset_index(out: Path, cfg: Config) -> str:
              "config": cfg.to_yaml_text(), "lenshpc_version": __version__,
              "lenstronomy_version": lenstronomy.__version__, "n_folds": d.n_folds,
              "n_test": d.n_test, "n_images": d.n_images, "shard_size": d.shard_size}
-    return io.write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
-                          shard_ranges_=ranges, shard_checksums=checksums, split=split,
-                          label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs)
+    digest = io.write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
+                            shard_ranges_=ranges, split=split, label_names=pop.LABEL_NAMES,
+                            truth_names=TRUTH_NAMES, attrs=attrs,
+                            shard_attrs=None if fp is None else {"fingerprint": fp})
+    shards = {io.shard_name(k): io.shard_path(out, k).stat().st_size for k in range(len(ranges))}
+    lock.mark_done(out, PRODUCT, [io.INDEX, io.CONFIG, STATE],
+                   info={"checksum": digest, "n_images": d.n_images, "shards": shards})
+    return digest

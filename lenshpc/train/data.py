@@ -1,107 +1,74 @@
 """The training input: checks of the dataset, fold items, target statistics, a rank's share
-read into memory with few large HDF5 reads, per-epoch order and batches.
+read into memory shard by shard, per-epoch order and batches.
 
 Everything here is numpy + h5py (no TensorFlow import) except :func:`tf_dataset`, so the
 command can refuse bad input before TensorFlow and Horovod start. Kernels take ``rank``
-and ``size`` as plain arguments.
+and ``size`` as plain arguments. The dataset's files are read through
+:mod:`lenshpc.io` only: labels and split from the index, images from the shards that
+hold the rank's items, one shard open at a time (never through the virtual dataset).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from lenshpc import io
 from lenshpc.config import Config, UserError
 from lenshpc.config.train import TARGETS
 from lenshpc.parallel import split_evenly
 
-INDEX = "dataset.h5"
+INDEX = io.INDEX
 #: Salt of the generator of the per-epoch order (keeps it apart from simulate's streams).
 _ORDER_SALT = 0x7472_6169  # "trai"
 
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What train needs to know about a complete dataset (read once, small arrays only).
-
-    ``split`` (N,) int8: fold 0..K-1 or -1 (test); ``labels`` (N, 4) float32 in physical
-    units (theta_E arcsec; q, e1, e2 dimensionless)."""
-
-    path: Path
-    image_shape: tuple[int, int]
-    split: np.ndarray
-    labels: np.ndarray
-    checksum: str
-    n_folds: int
-
-    @property
-    def n_items(self) -> int:
-        return len(self.split)
+#: What train knows about a complete dataset: the index (small arrays only, no truth).
+#: ``path`` (dataset.h5), ``checksum``, ``n_items``, ``image_shape``, ``n_folds``,
+#: ``split`` (N,) int8 (fold 0..K-1 or -1, test), ``labels`` (N, 4) float32 in physical
+#: units (theta_E arcsec; q, e1, e2 dimensionless), all finite.
+DatasetInfo = io.DatasetIndex
 
 
 def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetInfo:
-    """Check ``DATA/dataset.h5`` against the contract and the config; UserError on any problem."""
-    import h5py
+    """Check ``DATA/dataset.h5`` against the contract and the config; UserError on any problem.
+
+    Reads the index only (labels, split, shard table, attributes); every shard file must
+    exist with the size the index records, and the dataset must be finished (its marker)."""
+    from lenshpc.simulate.dataset import dataset_done
+    io.raise_open_file_limit()
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"dataset directory not found: {root}")
     path = root / INDEX
     if not path.is_file():
-        if (root / "shards").is_dir():
+        if (root / io.SHARDS).is_dir():
             raise UserError(f"dataset {root} is incomplete (no {INDEX} yet); finish it by running "
                             f"the same lenshpc simulate command again")
         raise UserError(f"no dataset in {root} ({INDEX} not found)")
-    try:
-        with h5py.File(path, "r") as f:
-            for name in ("images", "labels", "split"):
-                if name not in f:
-                    raise UserError(f"dataset {path} has no '{name}' array; it was not written "
-                                    f"by lenshpc simulate")
-            images, labels = f["images"], f["labels"]
-            if images.ndim != 3 or labels.ndim != 2 or labels.shape[0] != images.shape[0]:
-                raise UserError(f"dataset {path}: 'images' {images.shape} and 'labels' "
-                                f"{labels.shape} do not match (N,H,W) and (N,4)")
-            names = tuple(_text(v) for v in labels.attrs.get("names", ()))
-            if names != TARGETS:
-                raise UserError(f"dataset {path}: labels are {', '.join(names) or 'unnamed'}; "
-                                f"expected {', '.join(TARGETS)}")
-            shape = tuple(int(s) for s in images.shape[1:])
-            size = cfg.image.size
-            if shape != (size, size):
-                raise UserError(f"dataset {path} has images of {shape[0]}x{shape[1]} pixels but "
-                                f"the config says image.size {size}")
-            split = f["split"][...].astype(np.int8)
-            if split.shape != (images.shape[0],):
-                raise UserError(f"dataset {path}: 'split' has shape {split.shape}, expected "
-                                f"({images.shape[0]},)")
-            checksum = _text(f.attrs.get("checksum", ""))
-            if not checksum:
-                raise UserError(f"dataset {path} has no checksum attribute; it is incomplete")
-            n_folds = int(f.attrs.get("n_folds", int(split.max()) + 1))
-            missing = []
-            if "shards" in f and "name" in f["shards"]:
-                missing = [_text(n) for n in f["shards/name"][...]
-                           if not (root / "shards" / _text(n)).is_file()]
-            labels_all = labels[...].astype(np.float32)
-    except OSError as exc:
-        raise UserError(f"dataset {path} cannot be read: {exc}") from None
-    if missing:
-        raise UserError(f"dataset {root}: {len(missing)} shard file(s) are missing, "
-                        f"e.g. shards/{missing[0]}")
-    if n_folds != cfg.dataset.n_folds:
-        raise UserError(f"dataset {path} has {n_folds} folds but the config says "
+    index = io.read_index(root, truth=False)
+    if index.label_names != TARGETS:
+        raise UserError(f"dataset {path}: labels are {', '.join(index.label_names) or 'unnamed'}; "
+                        f"expected {', '.join(TARGETS)}")
+    size = cfg.image.size
+    if index.image_shape != (size, size):
+        h, w = index.image_shape
+        raise UserError(f"dataset {path} has images of {h}x{w} pixels but the config says "
+                        f"image.size {size}")
+    if index.n_folds != cfg.dataset.n_folds:
+        raise UserError(f"dataset {path} has {index.n_folds} folds but the config says "
                         f"dataset.n_folds {cfg.dataset.n_folds}")
-    if split.min(initial=0) < -1 or split.max(initial=0) >= n_folds:
-        raise UserError(f"dataset {path}: 'split' holds values outside -1..{n_folds - 1}")
-    return DatasetInfo(path, (shape[0], shape[1]), split, labels_all, checksum, n_folds)
+    problems = io.missing_shards(index)
+    if problems:
+        raise UserError(f"dataset {root}: {len(problems)} shard file(s) are missing or changed, "
+                        f"e.g. {problems[0]}; run lenshpc dataset verify {root}")
+    done = dataset_done(root, hashed=False)
+    if not done:
+        raise UserError(f"dataset {root} is not finished ({done.reason}); run the same "
+                        f"lenshpc simulate command again")
+    return index
 
 
 # --------------------------------------------------------------------------- folds and targets
@@ -143,29 +110,20 @@ def steps_per_epoch(n_items: int, batch_size: int, size: int) -> int:
 # --------------------------------------------------------------------------- reading
 
 
-def read_items(path: Path, indices: np.ndarray, block_bytes: int = 256 << 20
+def read_items(path: str | Path | DatasetInfo, indices: np.ndarray, block_bytes: int = 256 << 20
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, H, W, 1) float32 and labels (n, 4) float32 of the sorted global ``indices``.
+    """Images (n, H, W, 1) float32 and labels (n, 4) float32 of the global ``indices``.
 
-    Reads contiguous slabs of at most ``block_bytes`` from the first to the last wanted item
-    of each slab and keeps the wanted rows: a few large reads instead of one per item."""
-    import h5py
+    ``path`` is the dataset's ``dataset.h5`` (or directory, or its :class:`DatasetInfo`).
+    Images come from the shards that hold the items, opened one at a time, in contiguous
+    slabs of at most ``block_bytes``; labels from the index. UserError naming the shard if
+    one is missing, truncated or damaged."""
+    index = path if isinstance(path, io.DatasetIndex) else io.read_index(path, truth=False)
     indices = np.asarray(indices, dtype=np.int64)
-    with h5py.File(path, "r") as f:
-        dset = f["images"]
-        height, width = dset.shape[1:]
-        images = np.empty((len(indices), height, width, 1), dtype=np.float32)
-        labels = f["labels"][...][indices].astype(np.float32)
-        per_block = max(1, block_bytes // (height * width * 4))
-        pos = 0
-        while pos < len(indices):
-            lo = int(indices[pos])
-            end = int(np.searchsorted(indices, lo + per_block, side="left"))
-            hi = int(indices[end - 1]) + 1
-            slab = dset[lo:hi]
-            images[pos:end, :, :, 0] = slab[indices[pos:end] - lo]
-            pos = end
-    return images, labels
+    h, w = index.image_shape
+    images = np.empty((len(indices), h, w, 1), dtype=np.float32)
+    io.read_items(index, indices, block_bytes=block_bytes, out=images[..., 0])
+    return images, index.labels[indices].astype(np.float32)
 
 
 # --------------------------------------------------------------------------- order and batches

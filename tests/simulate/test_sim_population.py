@@ -86,6 +86,29 @@ def test_default_population_reproduces_the_study_sample():
     assert np.abs(offset).max() <= 0.4
 
 
+#: The study's Figure 3 ranges of the labels (METHOD.md section 1).
+STUDY_RANGES = {"theta_E": (0.07, 3.65), "q": (0.2, 1.0), "e1": (0.0, 0.63), "e2": (0.0, 0.23)}
+
+
+def test_paper_population_covers_the_study_ranges():
+    """All 76,396 draws of the paper config reach each end of every label's range to within
+    2% of its width, stay inside it, and keep the study's shapes."""
+    cfg = load(ROOT / "configs" / "paper.yaml")
+    _, labels = pop.sample(cfg.population, cfg.seed, range(cfg.dataset.n_images))
+    assert labels.shape == (76396, 4)
+    for k, name in enumerate(pop.LABEL_NAMES):
+        x, (low, high) = labels[:, k], STUDY_RANGES[name]
+        tol = 0.02 * (high - low)
+        assert low - 1e-6 <= x.min() <= low + tol, (name, x.min())
+        assert high - tol <= x.max() <= high + 1e-6, (name, x.max())
+        # not reached by a lone outlier: dozens of systems lie in each 2% end bin
+        assert np.sum(x <= low + tol) >= 10 and np.sum(x >= high - tol) >= 10, name
+    theta_E, q, e1, e2 = labels.T
+    assert stats.skew(theta_E) > 1 and np.mean(theta_E < 1.5) > 0.8
+    assert stats.skew(q) < 0 and np.median(q) > 0.7 and np.mean(q > 0.6) > 0.75
+    assert stats.skew(e1) > 0.5 and stats.skew(e2) > 0.5
+
+
 def test_free_position_angle_is_one_switch_away():
     cfg = load(ROOT / "configs" / "realistic.yaml")
     _, labels = pop.sample(cfg.population, cfg.seed, range(2000))
