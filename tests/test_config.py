@@ -78,6 +78,7 @@ def test_missing_file(tmp_path):
     ({"seed": 2**64}, "config seed: 18446744073709551616 is out of range; allowed: >= 0 and < 2^63"),
     ({"seed": 10**400}, "config seed: an integer of 401 digits is out of range"),
     ({"seed": 2**63}, "config seed: 9223372036854775808 is out of range"),
+    ({"seed": 10**5000}, "config seed: an integer of thousands of digits is out of range"),
     ({"dataset": {"n_images": 1.0e308}}, "config dataset.n_images: 1e+308 is not an integer below"),
     ({"dataset": {"n_images": 10**9 + 1}}, "config dataset.n_images: 1000000001 is out of range"),
     ({"dataset": {"shard_size": 1.0e308}}, "config dataset.shard_size: 1e+308 is not an integer"),

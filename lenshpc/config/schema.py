@@ -56,8 +56,11 @@ def _fmt(value: Any) -> str:
         if len(value) > _FMT_MAX:
             return f"{value[:_FMT_MAX - 20]!r}... ({len(value)} characters)"
         return repr(value)
-    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 20:
-        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # beyond Python's limit of digits converted to text
+            return "an integer of thousands of digits"
     value = to_plain(value)
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
     text = " ".join(text.strip().removesuffix("...").split())
@@ -269,6 +272,11 @@ def parse_yaml(text: str, source: str = "<config>") -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"config file {source} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"config file {source} is nested too deeply to be a config") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5000 digits, a bad date
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"config file {source} holds a value YAML cannot read: {problem}") from None
 
 
 def _key_value(node: yaml.Node) -> Any:

@@ -42,6 +42,10 @@ HOSTILE = {
                                                      "of range; allowed: >= 0 and < 2^63"),
     "seed of 400 digits": ("seed: " + "9" * 400 + "\n", "config seed: an integer of 400 digits "
                                                         "is out of range"),
+    "seed of 5000 digits": ("seed: " + "9" * 5000 + "\n", "holds a value YAML cannot read: "
+                                                         "Exceeds the limit"),
+    "nesting 20000 deep": ("train: " + "[" * 20000 + "]" * 20000 + "\n",
+                           "is nested too deeply to be a config"),
     "300-character model name": ("train:\n  models:\n    - {name: " + "m" * 300 + "}\n",
                                  "config train.models[0].name: 'mmmm"),
     "dpi 100000": ("evaluate:\n  dpi: 100000\n", "config evaluate.dpi: 100000 is out of range; "
