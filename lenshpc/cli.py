@@ -13,15 +13,14 @@ import sys
 
 from lenshpc import __version__
 from lenshpc.config import UserError
+from lenshpc.parallel import EXIT_USER_ERROR, agreed_exit, launch_env
 
 
 def world_rank() -> int:
-    """This process' MPI rank as the launcher announced it (0 without a launcher)."""
-    import os
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+    """This process' rank as its launcher announced it (0 without a launcher).
+
+    Kept for the stages that import it; new code reads ``lenshpc.parallel.launch_env().rank``."""
+    return launch_env().rank
 
 #: sub-command -> (module that registers it, one-line help)
 COMMANDS = {
@@ -62,16 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2 if args.command is None else 0
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
     except UserError as exc:
         # Drivers raise user errors identically on every rank before any collective
         # call, so rank 0 speaks for all and every rank exits 2.
-        if world_rank() == 0:
+        if launch_env().rank == 0:
             print(f"lenshpc {args.command}: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        status = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"lenshpc {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
+    if status:
+        # A status every rank returns (a user error, a stop agreed during training):
+        # under ``python -m mpi4py`` finalize MPI instead of aborting, so the line above
+        # stays the last thing the user reads.
+        agreed_exit(status)
+    return status
 
 
 if __name__ == "__main__":
