@@ -2,22 +2,27 @@
 
 simulate and evaluate run under ``mpirun -n N python -m mpi4py -m lenshpc ...``; each
 unfinished training job in turn under ``mpirun`` (or ``horovodrun``) with N Horovod ranks.
-Stages already complete are skipped (same rules as ``lenshpc slurm submit``), so an
-interrupted run continues where it stopped when started again.
+Stages already complete are skipped (by their completion markers, as ``lenshpc slurm
+submit`` does), so an interrupted run continues where it stopped when started again.
+
+``SIGTERM``, ``SIGINT`` and ``SIGUSR1`` are passed on to the running stage, which is
+waited for: ``lenshpc run`` never returns while a stage still runs, and returns the
+stage's status (75 for a training job stopped at a checkpoint). See
+:mod:`lenshpc.slurm.supervise`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Literal
 
 from lenshpc.config import Config, UserError
 from lenshpc.config.train import jobs
-from lenshpc.slurm.script import EXIT_INTERRUPTED
+from lenshpc.parallel import EXIT_STOPPED
+from lenshpc.slurm.supervise import Supervisor
 from lenshpc.slurm.workdir import Workdir, prepare, progress
 
 TrainLauncher = Literal["mpirun", "horovodrun"]
@@ -65,7 +70,7 @@ def stage_command(stage: str, args: list[str], np_: int, cores: int,
 def run(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher = "mpirun",
         say: Callable[[str], None] = print) -> int:
     """Run what is missing of the pipeline in ``wd``; returns an exit status
-    (0 done, 75 a training job was interrupted after a checkpoint, else a stage's)."""
+    (0 done, 75 stopped at a checkpoint or by a signal between stages, else a stage's)."""
     needed = ["mpirun"] if np_ > 1 else []
     if np_ > 1 and train_launcher == "horovodrun":
         needed.append("horovodrun")
@@ -73,28 +78,42 @@ def run(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher = "mpi
         if shutil.which(tool, path=launcher_env()["PATH"]) is None:
             raise UserError(f"{tool} not found on PATH (bin/setup installs it); or use --np 1")
     prepare(cfg, wd)
+    with Supervisor(say) as supervisor:
+        return _pipeline(cfg, wd, np_, train_launcher, supervisor, say)
+
+
+def _pipeline(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher,
+              supervisor: Supervisor, say: Callable[[str], None]) -> int:
     env, cores = launcher_env(), usable_cores()
     common = ["--config", str(wd.config)]
 
     def step(title: str, stage: str, args: list[str], launcher: TrainLauncher = "mpirun") -> int:
+        if supervisor.stop:
+            return EXIT_STOPPED
         cmd = stage_command(stage, common + args, np_, cores, launcher)
         say(f"lenshpc run: {title}: {' '.join(cmd)}")
-        status = subprocess.run(cmd, env=env).returncode
-        if status == EXIT_INTERRUPTED:
-            say(f"lenshpc run: {title} was interrupted after a checkpoint; "
+        status = supervisor.run(title, cmd, env)
+        if status == EXIT_STOPPED:
+            say(f"lenshpc run: {title} stopped after a checkpoint; "
                 "run the same command again to continue")
         elif status:
             say(f"lenshpc run: {title} failed (exit status {status})")
+        elif supervisor.stop:
+            # It finished just as the signal came: stop before the next stage all the same.
+            say(f"lenshpc run: stopped after {title} "
+                f"({', '.join(supervisor.stop.names)}); run the same command again to continue")
+            return EXIT_STOPPED
         return status
 
     done = progress(cfg, wd)
     if done.dataset_complete:
-        say(f"lenshpc run: simulate: done ({wd.dataset / 'dataset.h5'})")
+        say(f"lenshpc run: simulate: done ({wd.dataset})")
     else:
         status = step("simulate", "simulate", ["--out", str(wd.dataset)])
         if status:
             return status
     grid = jobs(cfg.train, cfg.dataset.n_folds)
+    done = progress(cfg, wd)
     for job in grid:
         title = f"train job {job.index} of {len(grid)} ({job.path})"
         if job.index in done.finished:

@@ -17,12 +17,11 @@ from typing import Iterable, Literal, Mapping
 from lenshpc.config import Config
 from lenshpc.config.slurm import MpiJob
 from lenshpc.config.train import jobs
+from lenshpc.parallel import EXIT_STOPPED
 
 Stage = Literal["simulate", "train", "evaluate"]
 STAGES: tuple[Stage, ...] = ("simulate", "train", "evaluate")
 
-#: Exit status of ``lenshpc train`` stopped by a signal after a whole-epoch checkpoint.
-EXIT_INTERRUPTED = 75
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         f"# Slurm sends USR1 to this shell {t.signal_seconds} s before the time limit "
         "(--signal=B:USR1@...), and",
         "# TERM when it cancels, preempts or requeues the job. Training stops after a checkpoint",
-        f"# and exits {EXIT_INTERRUPTED} on either.",
+        f"# and exits {EXIT_STOPPED} on either.",
         "launcher='' signal=''",
         *forward,
         "forward() {",
@@ -284,7 +283,7 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         "",
         "# Requeue only after the time-limit warning: a cancelled job must stay cancelled, and",
         "# Slurm requeues preempted or requeued jobs itself. A failure (any other status) ends it.",
-        f'if (( status == {EXIT_INTERRUPTED} )) && [[ $signal == USR1 ]]; then',
+        f'if (( status == {EXIT_STOPPED} )) && [[ $signal == USR1 ]]; then',
         f"  if (( ${{SLURM_RESTART_COUNT:-0}} < {t.max_requeues} )); then",
         '    echo "train.sbatch: job $job stopped at a checkpoint before the time limit; '
         'requeueing it" >&2',
