@@ -3,7 +3,9 @@
 ``W/config.yaml`` (the resolved config every stage reads), ``W/dataset``, ``W/runs``,
 ``W/report``, and ``W/slurm`` (the rendered scripts, their logs, the last submission).
 Both ``lenshpc slurm submit`` and ``lenshpc run`` use this layout and :func:`progress`,
-so either can finish what the other started.
+so either can finish what the other started. Whether a stage's product is finished is
+asked of its completion marker only (:func:`stage_done`, :mod:`lenshpc.lock`): the same
+predicate the stage itself uses. A file merely existing never means done.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import yaml
 
 from lenshpc.config import Config, UserError, to_plain
 from lenshpc.config.train import jobs
-from lenshpc.io import atomic_write_text, read_json
-from lenshpc.slurm.script import Paths
+from lenshpc.io import atomic_write_text
+from lenshpc.lock import Done, check_done, marker_path
+from lenshpc.slurm.script import Paths, Stage
 
 #: Sections a workdir's config may change between submissions: they do not change
 #: what the dataset or the trained models are (evaluate is redone when they change).
@@ -61,6 +64,16 @@ class Workdir:
 
     def paths(self) -> Paths:
         return Paths(self.root, self.config, self.dataset, self.runs, self.report, self.logs)
+
+
+#: The completion marker of each stage's product, in the folder the product is in:
+#: W/dataset (simulate), W/runs/<model>/fold-<k> (each train job), W/report (evaluate).
+PRODUCTS: dict[Stage, str] = {"simulate": "dataset", "train": "train", "evaluate": "report"}
+
+
+def stage_done(stage: Stage, folder: Path) -> Done:
+    """Whether ``stage``'s product in ``folder`` is finished and intact (its marker)."""
+    return check_done(folder, PRODUCTS[stage])
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -120,20 +133,19 @@ class Progress:
         return [j for j in range(self.n_jobs) if j not in self.finished]
 
 
-def _finished(run_json: Path) -> bool:
-    return bool((read_json(run_json) or {}).get("finished"))
-
-
 def progress(cfg: Config, wd: Workdir) -> Progress:
-    """Read what is done: ``dataset.h5`` (exists only when complete), each job's
-    ``run.json`` (``finished``), and whether ``report/table1.csv`` is newer than both."""
-    index = wd.dataset / "dataset.h5"
+    """What is done, by the completion markers (:func:`stage_done`): the dataset, each
+    training job, and the report, which is current when it is finished and its marker is
+    newer than the dataset's, every job's and ``W/config.yaml`` (whose ``evaluate:``
+    section may change between runs)."""
     grid = jobs(cfg.train, cfg.dataset.n_folds)
-    finished = frozenset(j.index for j in grid if _finished(wd.runs / j.path / "run.json"))
-    table = wd.report / "table1.csv"
-    inputs = [index, wd.config, *(wd.runs / j.path / "run.json" for j in grid
-                                  if j.index in finished)]
-    report_current = (table.is_file() and len(finished) == len(grid)
-                      and all(table.stat().st_mtime >= p.stat().st_mtime
+    dataset = bool(stage_done("simulate", wd.dataset))
+    finished = frozenset(j.index for j in grid if stage_done("train", wd.runs / j.path))
+    report = marker_path(wd.report, PRODUCTS["evaluate"])
+    inputs = [marker_path(wd.dataset, PRODUCTS["simulate"]), wd.config,
+              *(marker_path(wd.runs / j.path, PRODUCTS["train"]) for j in grid)]
+    report_current = (dataset and len(finished) == len(grid)
+                      and bool(stage_done("evaluate", wd.report))
+                      and all(report.stat().st_mtime >= p.stat().st_mtime
                               for p in inputs if p.exists()))
-    return Progress(index.is_file(), len(grid), finished, report_current)
+    return Progress(dataset, len(grid), finished, report_current)

@@ -3,6 +3,7 @@
 Golden files: the paper config's scripts are the examples in ``slurm/paper/`` (what users
 read); variants are in ``tests/slurm/golden/``. After an intended change, regenerate both
 with ``LENSHPC_UPDATE_GOLDEN=1 pytest tests/slurm/test_slurm_render.py`` and read the diff.
+In CI (``CI`` set) the goldens are never rewritten: a difference fails.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from lenshpc.config import load, loads, schema_markdown
+from lenshpc.lock import mark_done
 from lenshpc.slurm import script
 from lenshpc.slurm.env import from_environ
 from lenshpc.slurm.submit import plan
@@ -27,7 +29,7 @@ from tests.conftest import ROOT, lenshpc, write_config
 GOLDEN = Path(__file__).parent / "golden"
 EXAMPLE_WORKDIR = Workdir(Path("/scratch/lenshpc/paper"))
 EXAMPLE_SETUP = ("source /opt/lenshpc/.venv/bin/activate",)
-UPDATE = bool(os.environ.get("LENSHPC_UPDATE_GOLDEN"))
+UPDATE = bool(os.environ.get("LENSHPC_UPDATE_GOLDEN")) and not os.environ.get("CI")
 
 
 def _config(base: str, **overrides) -> object:
@@ -163,14 +165,18 @@ def test_submit_dry_run_shows_the_chain_and_resubmits_only_what_is_missing(tmp_p
         assert (w / d).is_dir()
     assert not (w / "slurm" / "submitted.json").exists()
 
-    # The dataset is complete and jobs 0, 1 and 4 finished: only the rest is trained.
+    # The dataset is complete and jobs 0, 1 and 4 finished (their markers say so; a run.json
+    # saying "finished" is not enough): only the rest is trained.
     (w / "dataset" / "dataset.h5").write_bytes(b"")
+    mark_done(w / "dataset", "dataset", ["dataset.h5"])
     cfg = load(cfg_path)
     from lenshpc.config.train import jobs
     for job in jobs(cfg.train, cfg.dataset.n_folds):
         run = w / "runs" / job.path
         run.mkdir(parents=True)
-        (run / "run.json").write_text(json.dumps({"finished": job.index in (0, 1, 4)}))
+        (run / "run.json").write_text(json.dumps({"finished": True}))
+        if job.index in (0, 1, 4):
+            mark_done(run, "train", ["run.json"])
     proc = lenshpc("slurm", "submit", "--config", cfg_path, "--workdir", w, "--dry-run", check=True)
     sbatch = [line for line in proc.stdout.splitlines() if line.startswith("sbatch ")]
     assert sbatch[0].startswith("sbatch --parsable --array=2-3,5%2 ")
@@ -197,16 +203,19 @@ def test_progress_report_is_current_only_when_newer_than_every_run(tmp_path):
     wd = Workdir(tmp_path / "w")
     prepare(cfg, wd)
     (wd.dataset / "dataset.h5").write_bytes(b"")
+    mark_done(wd.dataset, "dataset", ["dataset.h5"])
     from lenshpc.config.train import jobs
     grid = jobs(cfg.train, cfg.dataset.n_folds)
     for job in grid:
         (wd.runs / job.path).mkdir(parents=True)
         (wd.runs / job.path / "run.json").write_text('{"finished": true}')
-    table = wd.report / "table1.csv"
-    table.write_text("model\n")
-    os.utime(table, (1e10, 1e10))
+        mark_done(wd.runs / job.path, "train", ["run.json"])
+    (wd.report / "table1.csv").write_text("model\n")
+    marker = mark_done(wd.report, "report", ["table1.csv"])
+    os.utime(marker, (1e10, 1e10))
     assert progress(cfg, wd) == Progress(True, len(grid), frozenset(range(len(grid))), True)
-    os.utime(wd.runs / grid[2].path / "run.json", (2e10, 2e10))  # job 2 trained further
+    # job 2 trained further (its marker rewritten after the report's)
+    os.utime(wd.runs / grid[2].path / "train.done.json", (2e10, 2e10))
     assert not progress(cfg, wd).report_current
 
 
