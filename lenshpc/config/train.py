@@ -88,6 +88,15 @@ class Train:
     stop_check_steps: int = param(10, ge=1, le=1_000_000, doc="With several ranks: every this many steps the "
                                   "ranks agree (one small allreduce) whether SIGTERM/SIGUSR1 arrived; "
                                   "one rank checks after every step.")
+    device: Literal["auto", "gpu", "cpu"] = param("auto", doc="Device of each rank. auto: a GPU "
+                                                  "when the job was given GPUs (Slurm GPU "
+                                                  "variables or CUDA_VISIBLE_DEVICES), and then "
+                                                  "no visible GPU is an error; gpu: always "
+                                                  "require one; cpu: never use one.")
+    steps_per_execution: int | None = param(None, ge=1, le=1024, doc="Training steps run per "
+                                            "call into TensorFlow; per-batch Python work (the "
+                                            "stop check) runs once per call (null: 1 on CPU, "
+                                            "32 on GPU).")
     keep: Literal["best", "last"] = param("best", doc="Which epoch's weights model.keras holds: "
                                           "the lowest val_loss (best, as the study scores) or the "
                                           "last epoch trained.")

@@ -71,3 +71,45 @@ def weighted_mse(weights: Sequence[float], target_std: Sequence[float]):
 def inference_model(model: tf.keras.Model) -> tf.keras.Model:
     """The same layers and weights without optimizer or loss: what ``model.keras`` holds."""
     return tf.keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+# --------------------------------------------------------------------------- dropout randomness
+
+
+def use_generator_rng() -> None:
+    """Make every Keras random layer built from now on draw from a ``tf.random.Generator``
+    whose state is a variable: the dropout masks of a resumed job then continue exactly
+    where the checkpoint left them (:func:`rng_states`, :func:`set_rng_states`). Call
+    before the model is built; seeded by ``tf.keras.utils.set_random_seed``."""
+    tf.keras.backend.experimental.enable_tf_random_generator()
+
+
+def _generators(model: tf.keras.Model) -> list:
+    """The random generators of the model's random layers (Dropout), in layer order.
+    (Keras 2.15 keeps them in ``layer._random_generator``; the version is pinned.)"""
+    out = []
+    for layer in model.layers:
+        rng = getattr(layer, "_random_generator", None)
+        if rng is None:
+            continue
+        rng._maybe_init()
+        gen = getattr(rng, "_generator", None)
+        if gen is None:
+            raise RuntimeError(f"layer {layer.name} has no generator state: call "
+                               f"use_generator_rng() before building the model")
+        out.append(gen)
+    return out
+
+
+def rng_states(model: tf.keras.Model) -> list[np.ndarray]:
+    """Current states of the model's random generators (for the checkpoint)."""
+    return [g.state.numpy() for g in _generators(model)]
+
+
+def set_rng_states(model: tf.keras.Model, states: list[np.ndarray]) -> None:
+    """Restore states saved by :func:`rng_states` (same model, same layer order)."""
+    gens = _generators(model)
+    if len(gens) != len(states):
+        raise ValueError(f"{len(states)} saved generator states for {len(gens)} random layers")
+    for g, s in zip(gens, states):
+        g.state.assign(s)
