@@ -282,8 +282,11 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         "done",
         "",
         "# Requeue only after the time-limit warning: a cancelled job must stay cancelled, and",
-        "# Slurm requeues preempted or requeued jobs itself. A failure (any other status) ends it.",
-        f'if (( status == {EXIT_STOPPED} )) && [[ $signal == USR1 ]]; then',
+        "# Slurm requeues preempted or requeued jobs itself. The ranks exit "
+        f"{EXIT_STOPPED} after their checkpoint",
+        "# and mpirun and srun pass that on; a launcher that had to kill a slower rank reports",
+        "# 128+signal instead, which after the warning means the same. Anything else ends it.",
+        f'if [[ $signal == USR1 ]] && (( status == {EXIT_STOPPED} || status > 128 )); then',
         f"  if (( ${{SLURM_RESTART_COUNT:-0}} < {t.max_requeues} )); then",
         '    echo "train.sbatch: job $job stopped at a checkpoint before the time limit; '
         'requeueing it" >&2',
