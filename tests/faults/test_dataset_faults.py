@@ -441,3 +441,18 @@ def test_a_huge_n_images_is_refused_at_once(debug_config, tmp_path):
     _one_line_error(proc, "simulate", "1000000000 images need about", "TB")
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "ds" / "shards").exists()
+
+
+def test_an_index_of_the_old_format_is_refused_and_rebuilt(small, tmp_path):
+    """Format 1 kept labels and truth as virtual datasets: never read, rebuilt on request."""
+    cfg, src = small
+    out = _copy(src, tmp_path / "old")
+    with h5py.File(out / "dataset.h5", "r+") as f:
+        del f.attrs["format"]
+    (out / "dataset.done.json").unlink()
+    _one_line_error(lenshpc("dataset", "info", out), "dataset", "format 1", "simulate")
+    with pytest.raises(UserError, match="format 1"):
+        D.open_dataset(out, load(cfg))
+    proc = lenshpc("simulate", "--config", cfg, "--out", out, "--no-progress", check=True)
+    assert "already complete" not in proc.stdout
+    assert io.read_index(out).checksum == _checksum(src) and dataset_done(out)
