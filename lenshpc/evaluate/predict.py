@@ -44,6 +44,16 @@ def load_model(path) -> object:
                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+def weights_sha256(model) -> str:
+    """sha256 (hex) over the bytes of the model's weight arrays in order: the hash train
+    records in run.json (``model_weights_sha256``; ``weights_sha256`` in older runs)."""
+    import hashlib
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)

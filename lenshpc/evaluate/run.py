@@ -1,42 +1,57 @@
 """The evaluate driver: every finished job's test predictions and re-renders, over MPI.
 
-Work is cut into units ``(job, chunk)``: a chunk is ``evaluate.chunk_size`` consecutive
-test items, counted from the first test item, so the units do not depend on the number
-of ranks. Units are numbered job-major and each rank takes a contiguous block of them
-(:func:`lenshpc.parallel.split_evenly`), so it loads each model it needs once. Per unit
-a rank predicts ``(theta_E, q, e1, e2)``, re-renders each system with the predicted
-``theta_E, e1, e2`` (everything else from the truth, the dataset's own image config,
-the renderer of ``simulate``) and scores it against the true image: MSE and PSNR with
-MAX = 1. Rank 0 gathers, writes ``predictions.h5`` and the report.
+In order, and every rank agreeing at each step before the next:
 
-The true image: with noise off, the stored image (a noise-free render of the truth, so
-a perfect prediction re-renders it exactly: infinite PSNR). With noise on, the
-noise-free render of the truth (with the same PSF) - the re-render from predicted
-parameters is noise-free too, so the PSNR measures the parameters, not the noise.
+1. rank 0 checks REPORT and the inputs: REPORT writable with room to spare, the
+   dataset's shard table against the shard files, labels and truth finite, each job's
+   model file against what train recorded; it takes REPORT's lock and reads which jobs
+   predictions.h5 already holds (same model file, dataset and settings, nothing NaN);
+2. all ranks share the hashing of the shards that hold test items;
+3. rank 0 clears the report's completion marker: REPORT is rewritten from here on;
+4. the work, cut into units ``(job, chunk)`` (:func:`kernels.plan_units`): each rank takes
+   a contiguous block of them, so it loads each model it needs once, predicts
+   ``(theta_E, q, e1, e2)``, refuses non-finite images or predictions, re-renders and
+   scores (:mod:`lenshpc.evaluate.kernels`);
+5. rank 0 gathers, writes predictions.h5 and the report, and the report's completion
+   marker last.
+
+A failure at any step is one UserError raised on every rank (exit 2, one line), never a
+rank left waiting. Results do not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import re
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from lenshpc import __version__
 from lenshpc.config import Config, UserError, from_yaml_text
 from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import metrics, store
-from lenshpc.io import file_sha256
+from lenshpc.evaluate import store
+from lenshpc.evaluate.kernels import (
+    first_nonfinite,
+    mc_seed,
+    plan_units,
+    reference_images,
+    rerender,
+    score_chunk,
+    settings_text,
+)
+from lenshpc.lock import clear_done, exclusive, mark_done
 from lenshpc.parallel import World, split_evenly, world as get_world
 
-#: Truth columns replaced by the predictions before re-rendering (q enters through e1, e2).
-RENDERED = {"theta_E": "lens_mass.theta_E", "e1": "lens_mass.e1", "e2": "lens_mass.e2"}
+#: Re-exported for report.py's figures until it imports them from kernels (issue 11).
+__all__ = ["Outcome", "evaluate", "reference_images", "rerender"]
 
 
 def idle_barrier(world: World, poll_s: float = 0.01) -> None:
@@ -50,99 +65,32 @@ def idle_barrier(world: World, poll_s: float = 0.01) -> None:
         time.sleep(poll_s)
 
 
+def on_root(world: World, step: Callable[[], Any]) -> Any:
+    """``step()`` on rank 0; its value on every rank, or its UserError raised on every rank."""
+    outcome = None
+    if world.is_root:
+        try:
+            outcome = (True, step())
+        except UserError as exc:
+            outcome = (False, str(exc))
+    idle_barrier(world)   # the others wait without spinning
+    ok, value = world.bcast(outcome)
+    if not ok:
+        raise UserError(value)
+    return value
+
+
+def agree(world: World, problems: list[str]) -> None:
+    """Raise the first of every rank's ``problems`` on every rank (none: return)."""
+    idle_barrier(world)   # ranks done early must not steal CPU from those still working
+    found = list(dict.fromkeys(p for part in world.allgather(problems) for p in part))
+    if found:
+        raise UserError(found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+
+
 def log(world: World, text: str) -> None:
     if world.is_root:
         print(f"lenshpc evaluate: {text}", flush=True)
-
-
-# --------------------------------------------------------------------------- pure kernels
-
-
-def plan_units(n_jobs: int, n_test: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    """Units ``(job position, start, stop)`` over test positions, job-major."""
-    return [(j, s, min(s + chunk_size, n_test)) for j in range(n_jobs)
-            for s in range(0, n_test, chunk_size)]
-
-
-def renderable(theta_E: float, e1: float, e2: float, theta_E_min: float,
-               max_ellipticity: float) -> tuple[float, float, float, bool]:
-    """Predicted ``theta_E`` (arcsec), ``e1``, ``e2`` moved into the domain an SIE can be
-    rendered in: ``theta_E >= theta_E_min``, ``|e| <= max_ellipticity`` (direction kept;
-    a non-finite ellipticity becomes 0). Returns the values and whether any changed."""
-    clamped = False
-    if not theta_E >= theta_E_min:          # also catches nan
-        theta_E, clamped = theta_E_min, True
-    if not (math.isfinite(e1) and math.isfinite(e2)):
-        e1, e2, clamped = 0.0, 0.0, True
-    modulus = math.hypot(e1, e2)
-    if modulus > max_ellipticity:
-        e1, e2, clamped = e1 * max_ellipticity / modulus, e2 * max_ellipticity / modulus, True
-    return theta_E, e1, e2, clamped
-
-
-def rerender(renderer, truth_names: Sequence[str], truth_row: np.ndarray, pred_row: np.ndarray,
-             theta_E_min: float, max_ellipticity: float) -> tuple[np.ndarray | None, bool]:
-    """The (H, W) image (maximum 1) of one system with its predicted ``theta_E, e1, e2``
-    (``pred_row`` = theta_E, q, e1, e2), everything else from ``truth_row``; None if the
-    renderer finds non-finite pixels. Also returns whether the prediction was clamped."""
-    names = list(truth_names)
-    theta_E, e1, e2, clamped = renderable(float(pred_row[0]), float(pred_row[2]),
-                                          float(pred_row[3]), theta_E_min, max_ellipticity)
-    row = np.array(truth_row, dtype=np.float64)
-    for col, value in zip(RENDERED.values(), (theta_E, e1, e2)):
-        row[names.index(col)] = value
-    try:
-        return renderer.render_truth(names, row), clamped
-    except FloatingPointError:
-        return None, clamped
-
-
-def reference_images(renderer, truth_names, truth_rows: np.ndarray, stored: np.ndarray,
-                     noise: bool) -> np.ndarray:
-    """The true images PSNR compares against: the ``stored`` images (n, H, W) when the
-    dataset is noise-free, else the noise-free renders of the truth rows (same PSF)."""
-    if not noise:
-        return stored
-    return np.stack([renderer.render_truth(truth_names, row) for row in truth_rows])
-
-
-def score_chunk(renderer, truth_names, truth_rows: np.ndarray, pred: np.ndarray,
-                true_images: np.ndarray, theta_E_min: float,
-                max_ellipticity: float) -> dict[str, np.ndarray]:
-    """Re-render every system of a chunk from ``pred`` (n, 4) and score it against
-    ``true_images`` (n, H, W): ``mse`` (n,), ``psnr`` (n,, dB, inf when exact, nan when
-    the re-render failed) and ``clamped`` (n,) bool."""
-    n = len(pred)
-    mse = np.empty(n, dtype=np.float64)
-    clamped = np.zeros(n, dtype=bool)
-    for i in range(n):
-        img, clamped[i] = rerender(renderer, truth_names, truth_rows[i], pred[i],
-                                   theta_E_min, max_ellipticity)
-        mse[i] = math.nan if img is None else metrics.image_mse(true_images[i], img)
-    return {"mse": mse, "psnr": metrics.psnr(mse), "clamped": clamped}
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def settings_text(cfg: Config, mc_samples: int, noise: bool) -> str:
-    """What besides the model file and dataset decides a job's results (JSON text)."""
-    s: dict[str, Any] = {"mc_samples": mc_samples, "theta_E_min": cfg.evaluate.theta_E_min,
-                         "max_ellipticity": cfg.evaluate.max_ellipticity,
-                         "true_image": ("noise-free render of the truth" if noise
-                                        else "stored image")}
-    if mc_samples:   # MC masks are seeded per chunk and batch
-        s.update(seed=cfg.seed, chunk_size=cfg.evaluate.chunk_size,
-                 batch_size=cfg.evaluate.batch_size)
-    return json.dumps(s, sort_keys=True)
-
-
-def mc_seed(root_seed: int, key: str, start: int) -> tuple[int, int, int]:
-    """Seed of the MC-dropout masks of the chunk starting at test position ``start``."""
-    return (root_seed, zlib.crc32(key.encode()), start)
-
-
-# --------------------------------------------------------------------------- driver
 
 
 @dataclass
@@ -157,6 +105,24 @@ class Outcome:
     n_images: int
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What rank 0 found and every rank works from."""
+
+    out_dir: Path
+    ds: store.DatasetInfo
+    jobs: list[store.JobRun]
+    skipped: list[tuple[str, str]]
+    idents: dict[str, dict[str, str]]
+    reuse: set[str]
+    settings: str
+    need_bytes: int
+
+    @property
+    def todo(self) -> list[store.JobRun]:
+        return [j for j in self.jobs if j.key not in self.reuse]
+
+
 def _dataset_config(ds: store.DatasetInfo, cfg: Config) -> Config:
     if not ds.config_text:
         return cfg
@@ -166,58 +132,109 @@ def _dataset_config(ds: store.DatasetInfo, cfg: Config) -> Config:
         raise UserError(f"the config stored in {ds.path} is not valid: {exc}") from None
 
 
+def _bytes_needed(n_jobs: int, n_test: int, mc: bool, figures: bool) -> int:
+    """A generous estimate of REPORT's size: predictions.h5 (index, true, pred, psnr, mse,
+    clamped, pred_std per test item) plus tables, report.md and figures."""
+    per_item = 8 + 32 + 32 + 8 + 8 + 1 + (32 if mc else 0)
+    return n_jobs * (n_test * per_item + 64 * 1024) + (16 << 20 if figures else 1 << 20)
+
+
+def _plan(cfg: Config, data: str, runs: str, out: str, mc: int,
+          stack: contextlib.ExitStack) -> Plan:
+    """Rank 0's checks (module doc, step 1); the lock stays held by ``stack``."""
+    out_dir = store.prepare_out(out, 0)   # before anything else: a read-only REPORT fails now
+    ds = store.read_dataset(data)
+    ds_cfg = _dataset_config(ds, cfg)
+    jobs, skipped = store.find_jobs(runs, [m.name for m in cfg.train.models],
+                                    cfg.dataset.n_folds, ds.checksum)
+    if not jobs:
+        listed = "; ".join(f"{k}: {r}" for k, r in skipped) or "none found"
+        raise UserError(f"--runs {runs}: no finished job to evaluate ({listed})")
+    need_bytes = _bytes_needed(len(jobs), len(ds.test_index), bool(mc), cfg.evaluate.figures)
+    store.prepare_out(out, need_bytes)
+    stack.enter_context(exclusive(out_dir, "report"))
+    ev = cfg.evaluate
+    settings = settings_text(mc_samples=mc, theta_E_min=ev.theta_E_min,
+                             max_ellipticity=ev.max_ellipticity, noise=ds_cfg.image.noise,
+                             seed=cfg.seed, chunk_size=ev.chunk_size, batch_size=ev.batch_size)
+    # the cache key: the inputs' hashes (for runs without a train marker, also the weights
+    # hash the model was checked against when the cached result was computed)
+    idents = {j.key: {"model_checksum": j.model_checksum, "dataset_checksum": ds.checksum,
+                      "settings": settings, "weights_sha256": j.weights_sha256 or ""}
+              for j in jobs}
+    reuse = store.up_to_date_groups(out_dir / store.PREDICTIONS, idents)
+    return Plan(out_dir, ds, jobs, skipped, idents, reuse, settings, need_bytes)
+
+
+def _damaged_shards(ds: store.DatasetInfo, rank: int = 0, size: int = 1) -> list[str]:
+    """This rank's share of the shards holding test items, hashed in full: one line per
+    shard whose data no longer match its checksum."""
+    shards = ds.test_shards()
+    found = (store.shard_data_problem(ds, shards[i]) for i in split_evenly(len(shards), rank, size))
+    return [p for p in found if p is not None]
+
+
 def _prepare(cfg: Config, ds_cfg: Config, ds: store.DatasetInfo):
     """TensorFlow (threads set) and the renderer of this rank, before the timed work."""
     import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter
-    from lenshpc.evaluate import predict as P
+    from lenshpc.evaluate import predict
     from lenshpc.simulate.render import Renderer
-    P.configure_threads(cfg.evaluate.threads)
+    predict.configure_threads(cfg.evaluate.threads)
     renderer = Renderer(ds_cfg.image)
     renderer.render_truth(ds.truth_names, ds.truth_test[0])   # loads the compiled renderer
     return renderer
 
 
-def _work(units, mine: range, todo: list[store.JobRun], ds: store.DatasetInfo, ds_cfg: Config,
-          cfg: Config, mc_samples: int, renderer) -> tuple[dict, list[str]]:
-    """This rank's units: {(job position, start): arrays}, and model-load errors."""
-    import h5py
+def _load(job: store.JobRun, mc: bool):
+    """The job's predictor, its weights checked when no train marker vouched for the file."""
+    from lenshpc.evaluate import predict
+    try:
+        model = predict.load_model(job.model_file)
+    except UserError as exc:
+        raise UserError(f"{job.key}: {exc}") from None
+    if job.weights_sha256 and predict.weights_sha256(model) != job.weights_sha256:
+        raise UserError(f"{job.key}: refused, {job.model_file} does not hold the weights train "
+                        f"finished with (their hash differs from run.json's); restore the "
+                        f"job's own model or train it again")
+    return predict.Predictor(model, mc=mc)
 
-    from lenshpc.evaluate import predict as P
 
-    noise = ds_cfg.image.noise
-    ev = cfg.evaluate
-    out, errors = {}, []
-    current, predictor = None, None
-    failed: set[int] = set()
-    with h5py.File(ds.path, "r") as f:
-        images_ds = f["images"]
-        for u in mine:
-            jpos, start, stop = units[u]
-            job = todo[jpos]
-            if jpos in failed:
-                continue
+def _work(units, mine: range, plan: Plan, ds_cfg: Config, cfg: Config, mc: int,
+          renderer) -> tuple[dict, list[str]]:
+    """This rank's units: {(job position, start): arrays}, or the first problem met."""
+    ds, todo, ev = plan.ds, plan.todo, cfg.evaluate
+    out: dict = {}
+    current: int | None = None
+    predictor: Any = None
+    for u in mine:
+        jpos, start, stop = units[u]
+        job = todo[jpos]
+        items = ds.test_index[start:stop]
+        try:
             if current != jpos:   # units are job-major: each model is loaded once per rank
                 current, predictor = jpos, None   # free the previous model first
-                try:
-                    predictor = P.Predictor(P.load_model(job.model_file), mc=bool(mc_samples))
-                except UserError as exc:
-                    errors.append(f"{job.key}: {exc}")
-                    failed.add(jpos)
-                    continue
-            images = images_ds[ds.test_index[start:stop]]
-            if mc_samples:
-                pred, pred_std = predictor.predict_mc(images, ev.batch_size, mc_samples,
-                                                      mc_seed(cfg.seed, job.key, start))
-            else:
-                pred, pred_std = predictor.predict(images, ev.batch_size), None
-            truth_rows = ds.truth_test[start:stop]
-            true_images = reference_images(renderer, ds.truth_names, truth_rows, images, noise)
-            res = score_chunk(renderer, ds.truth_names, truth_rows, pred, true_images,
-                              ev.theta_E_min, ev.max_ellipticity)
-            res.update(pred=pred, pred_std=pred_std, has_dropout=predictor.has_dropout)
-            out[(jpos, start)] = res
-    return out, errors
+                predictor = _load(job, bool(mc))
+            images = ds.read_images(items)   # refuses a missing shard, non-finite pixels
+        except UserError as exc:
+            return out, [str(exc)]
+        if mc:
+            pred, pred_std = predictor.predict_mc(images, ev.batch_size, mc,
+                                                  mc_seed(cfg.seed, job.key, start))
+        else:
+            pred, pred_std = predictor.predict(images, ev.batch_size), None
+        bad = first_nonfinite(pred if pred_std is None else np.hstack([pred, pred_std]))
+        if bad is not None:
+            return out, [f"{job.key}: {job.model_file} predicts non-finite values (test item "
+                         f"{int(items[bad])}); the model is unusable, train it again"]
+        truth_rows = ds.truth_test[start:stop]
+        true_images = reference_images(renderer, ds.truth_names, truth_rows, images,
+                                       ds_cfg.image.noise)
+        res = score_chunk(renderer, ds.truth_names, truth_rows, pred, true_images,
+                          ev.theta_E_min, ev.max_ellipticity)
+        res.update(pred=pred, pred_std=pred_std, has_dropout=predictor.has_dropout)
+        out[(jpos, start)] = res
+    return out, []
 
 
 def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.DatasetInfo, ident: dict,
@@ -239,99 +256,129 @@ def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.DatasetInfo,
     return cat
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp(\.[^.]*)?$")   # io.atomic_path's names
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _written_path(exc: BaseException, out_dir: Path) -> Path | None:
+    """The file under ``out_dir`` being written when ``exc`` was raised: the innermost frame
+    of its traceback holding a path there. (An OSError from writing an open file, such as
+    matplotlib's, carries no file name.)"""
+    found, tb = None, exc.__traceback__
+    root = str(out_dir.resolve())
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, Path) and str(value.resolve()).startswith(root + "/"):
+                found = value
+        tb = tb.tb_next
+    return found
+
+
+def write_failure(exc: OSError, out_dir: Path, need_bytes: int, path: Path | None = None) -> str:
+    """The one line for a failed write into REPORT: the product's path (its final name, not
+    the temporary one), the reason and what to do."""
+    name = Path(path or getattr(exc, "filename", None) or _written_path(exc, out_dir) or out_dir)
+    if m := _TEMPORARY.match(name.name):
+        name = name.with_name(m.group("name"))
+    text = str(exc)
+    full = exc.errno in _FULL or "No space left" in text or "errno = 28" in text
+    reason = ("no space left on the device" if exc.errno != errno.EFBIG and full
+              else exc.strerror or text.splitlines()[0])
+    kept = ("" if name.name == store.PREDICTIONS
+            else f"; {store.PREDICTIONS} is kept, so the rerun only writes the report")
+    todo = (f"free space (REPORT needs about {need_bytes / 1e6:.0f} MB)" if full
+            else "make it writable")
+    return f"cannot write {name}: {reason}; {todo} and run the same command again{kept}"
+
+
+def _write(plan: Plan, chunks: dict, outcome: Outcome, *, cfg: Config, ds_cfg: Config,
+           data: str, runs: str, mc: int, make_report: bool) -> None:
+    """Rank 0: predictions.h5, the report, and the report's completion marker last.
+    A failed write (disk full, ...) is a UserError naming the path."""
+    out_dir, ds, todo = plan.out_dir, plan.ds, plan.todo
+    pred_path = out_dir / store.PREDICTIONS
+    results: dict[str, Any] = {
+        j.key: None if j.key in plan.reuse
+        else _assemble(j, todo.index(j), chunks, ds, plan.idents[j.key], mc) for j in plan.jobs}
+    try:
+        store.write_predictions(pred_path, results, reuse=plan.reuse, root_attrs={
+            "dataset_checksum": ds.checksum, "parameters": list(TARGETS),
+            "lenshpc_version": __version__})
+    except OSError as exc:
+        raise UserError(write_failure(exc, out_dir, plan.need_bytes, pred_path)) from None
+    if not make_report:
+        return
+    from lenshpc.evaluate import report
+    try:
+        report.write_all(out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=plan.jobs,
+                         skipped=plan.skipped, runs_dir=Path(runs), data_dir=Path(data),
+                         mc_samples=mc, outcome=outcome)
+        products = store.report_products(out_dir)   # what write_all wrote, and predictions.h5
+        mark_done(out_dir, store.REPORT_PRODUCT, products, info={
+            "dataset_checksum": ds.checksum, "settings": plan.settings,
+            "models": {k: v["model_checksum"] for k, v in plan.idents.items()}})
+    except OSError as exc:
+        raise UserError(write_failure(exc, out_dir, plan.need_bytes)) from None
+
+
 def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None = None,
              world: World | None = None, make_report: bool = True) -> int:
     """Evaluate every finished job under ``runs`` on the test set of ``data`` into ``out``.
 
-    Every rank validates the inputs (raising the same UserError) before any collective
-    call. Returns 0."""
+    Returns 0; raises the same UserError on every rank (see the module doc)."""
     world = world or get_world()
     mc = cfg.evaluate.mc_samples if mc_samples is None else mc_samples
     if mc == 1 or mc < 0:
         raise UserError(f"--mc-samples {mc}: must be 0 (off) or at least 2")
-    ds = store.read_dataset(data)
-    ds_cfg = _dataset_config(ds, cfg)
-    jobs, skipped = store.find_jobs(runs, [m.name for m in cfg.train.models],
-                                    cfg.dataset.n_folds, ds.checksum)
-    if not jobs:
-        listed = "; ".join(f"{k}: {r}" for k, r in skipped) or "none found"
-        raise UserError(f"--runs {runs}: no finished job to evaluate ({listed})")
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the directory: {exc.strerror}") from None
-    if not out_dir.is_dir():
-        raise UserError(f"--out {out}: not a directory")
+    with contextlib.ExitStack() as lock:   # held by rank 0 until the end
+        plan: Plan = on_root(world, lambda: _plan(cfg, data, runs, out, mc, lock))
+        ds, todo = plan.ds, plan.todo
+        ds_cfg = _dataset_config(ds, cfg)
+        for key, reason in plan.skipped:
+            log(world, f"skipping {key}: {reason}")
 
-    # Rank 0 hashes the model files and reads what predictions.h5 already holds.
-    pred_path = out_dir / store.PREDICTIONS
-    settings = settings_text(cfg, mc, ds_cfg.image.noise)
-    plan = None
-    if world.is_root:
-        idents = {j.key: {"model_checksum": file_sha256(j.model_file),
-                          "dataset_checksum": ds.checksum, "settings": settings} for j in jobs}
-        plan = (idents, store.up_to_date_groups(pred_path, idents))
-    idle_barrier(world)   # the others wait for rank 0's hashing without spinning
-    idents, reuse = world.bcast(plan)
-    todo = [j for j in jobs if j.key not in reuse]
-    for key, reason in skipped:
-        log(world, f"skipping {key}: {reason}")
-    if reuse:
-        log(world, f"{len(reuse)} job(s) already evaluated for the same model file and dataset: "
-                   f"{', '.join(j.key for j in jobs if j.key in reuse)}")
-    n_test = len(ds.test_index)
-    units = plan_units(len(todo), n_test, cfg.evaluate.chunk_size)
-    if todo:
-        log(world, f"evaluating {len(todo)} job(s) x {n_test} test images: {len(units)} units "
-                   f"over {world.size} rank(s)" + (f", {mc} MC-dropout passes" if mc else ""))
+        agree(world, _damaged_shards(ds, world.rank, world.size))
+        # every input checked: REPORT is rewritten from here on, not done until marked again
+        on_root(world, lambda: clear_done(plan.out_dir, store.REPORT_PRODUCT))
 
-    mine = split_evenly(len(units), world.rank, world.size)
-    renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
-    idle_barrier(world)
-    t0, c0 = time.perf_counter(), time.process_time()
-    local, errors = ({}, [])
-    if len(mine):
-        local, errors = _work(units, mine, todo, ds, ds_cfg, cfg, mc, renderer)
-    # CPU time (all threads) says how much work the ranks did, whatever else runs on the node
-    cpu = time.process_time() - c0
-    idle_barrier(world)   # ranks done early must not steal CPU from those still working
-    reports = world.allgather((errors, cpu))
-    all_errors = [e for errs, _ in reports for e in errs]
-    cpu_seconds = sum(cpu for _, cpu in reports)
-    if all_errors:
-        more = f" (and {len(all_errors) - 1} more)" if len(all_errors) > 1 else ""
-        raise UserError(all_errors[0] + more)
-    gathered = world.gather(local)
-    work_seconds = time.perf_counter() - t0
-
-    status = 0
-    if world.is_root:
-        chunks = {k: v for part in gathered for k, v in part.items()}
-        results: dict[str, Any] = {}
-        for job in jobs:
-            if job.key in reuse:
-                results[job.key] = None
-                continue
-            results[job.key] = _assemble(job, todo.index(job), chunks, ds, idents[job.key], mc)
-        store.write_predictions(pred_path, results, reuse=reuse, root_attrs={
-            "dataset_checksum": ds.checksum, "parameters": list(TARGETS),
-            "lenshpc_version": __version__})
-        n_images = len(todo) * n_test
+        if plan.reuse:
+            log(world, f"{len(plan.reuse)} job(s) already evaluated for the same model file and "
+                       f"dataset: {', '.join(j.key for j in plan.jobs if j.key in plan.reuse)}")
+        n_test = len(ds.test_index)
+        units = plan_units(len(todo), n_test, cfg.evaluate.chunk_size)
         if todo:
-            rate = n_images / work_seconds if work_seconds > 0 else math.inf
-            log(world, f"predicted, re-rendered and scored {n_images} images in "
-                       f"{work_seconds:.1f} s ({rate:.1f} images/s on {world.size} rank(s), "
-                       f"{cpu_seconds:.1f} CPU s)")
-        outcome = Outcome(evaluated=[j.key for j in todo], reused=sorted(reuse),
-                          n_ranks=world.size, work_seconds=work_seconds, cpu_seconds=cpu_seconds,
-                          n_images=n_images)
-        if make_report:
-            from lenshpc.evaluate import report
-            report.write_all(out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=skipped,
-                             runs_dir=Path(runs), data_dir=Path(data), mc_samples=mc,
-                             outcome=outcome)
-            log(world, f"wrote {out_dir / 'report.md'}")
-        sys.stdout.flush()
-    idle_barrier(world)
-    return int(world.bcast(status))
+            log(world, f"evaluating {len(todo)} job(s) x {n_test} test images: {len(units)} "
+                       f"units over {world.size} rank(s)"
+                       + (f", {mc} MC-dropout passes" if mc else ""))
+
+        mine = split_evenly(len(units), world.rank, world.size)
+        renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
+        idle_barrier(world)
+        t0, c0 = time.perf_counter(), time.process_time()
+        local, problems = _work(units, mine, plan, ds_cfg, cfg, mc, renderer) if len(mine) \
+            else ({}, [])
+        # CPU time (all threads) says how much work the ranks did, whatever else runs on the node
+        cpu = time.process_time() - c0
+        agree(world, problems)
+        cpu_seconds = sum(world.allgather(cpu))
+        gathered = world.gather(local)
+        work_seconds = time.perf_counter() - t0
+
+        def write() -> None:
+            n_images = len(todo) * n_test
+            if todo:
+                rate = n_images / work_seconds if work_seconds > 0 else math.inf
+                log(world, f"predicted, re-rendered and scored {n_images} images in "
+                           f"{work_seconds:.1f} s ({rate:.1f} images/s on {world.size} rank(s), "
+                           f"{cpu_seconds:.1f} CPU s)")
+            outcome = Outcome(evaluated=[j.key for j in todo], reused=sorted(plan.reuse),
+                              n_ranks=world.size, work_seconds=work_seconds,
+                              cpu_seconds=cpu_seconds, n_images=n_images)
+            _write(plan, {k: v for part in gathered or [] for k, v in part.items()}, outcome, cfg=cfg,
+                   ds_cfg=ds_cfg, data=data, runs=runs, mc=mc, make_report=make_report)
+            if make_report:
+                log(world, f"wrote {plan.out_dir / 'report.md'}")
+            sys.stdout.flush()
+
+        on_root(world, write)
+    return 0

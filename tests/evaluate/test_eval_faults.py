@@ -1,5 +1,8 @@
 """Bad input and re-runs: one clear line and exit 2; nothing already written lost;
-jobs already evaluated for the same model file and dataset are not redone."""
+jobs already evaluated for the same model file and dataset are not redone.
+
+(Faults injected into real files and processes - a lost shard, a swapped model, a kill,
+a read-only or full REPORT - are in tests/faults/test_evaluate_faults.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +14,10 @@ import numpy as np
 import pytest
 
 from lenshpc.cli import main
-from lenshpc.evaluate import run, store
+from lenshpc.config import UserError
+from lenshpc.evaluate import kernels, store
+from lenshpc.io import file_sha256
+from lenshpc.lock import check_done, mark_done
 from lenshpc.parallel import split_evenly
 from tests.conftest import lenshpc
 from tests.evaluate.conftest import eval_config
@@ -26,7 +32,15 @@ def evaluate_in_process(capsys, cfg, data, runs, out, *extra) -> tuple[int, str]
 
 
 def snapshot(directory):
-    return {p.relative_to(directory): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """Every product file's bytes (not the lock, which names its last holder, or markers)."""
+    return {p.relative_to(directory): p.read_bytes() for p in store.report_products(directory)}
+
+
+def retrained(job_dir, model_from):
+    """``job_dir`` as if train had finished it again with another model: the model file
+    replaced and train's completion marker rewritten over the same files."""
+    shutil.copy(model_from, job_dir / "model.keras")
+    mark_done(job_dir, "train", ["model.keras", "run.json", "history.csv"])
 
 
 def test_runs_from_another_dataset_are_refused_and_nothing_is_lost(tmp_path, capsys, eval_cfg,
@@ -84,19 +98,25 @@ def test_bad_config_value_names_the_key(tmp_path, capsys, eval_data, eval_runs):
 
 
 def test_unreadable_model_file_is_a_user_error(tmp_path, eval_data, eval_runs, plain_report):
+    """A model file train vouched for but Keras cannot load: one line naming the job;
+    REPORT's products untouched, its completion marker withdrawn (it was being rewritten)."""
     runs = tmp_path / "runs"
     shutil.copytree(eval_runs, runs)
-    (runs / "model3" / "fold-0" / "model.keras").write_bytes(b"not a keras file")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a keras file")
+    retrained(runs / "model3" / "fold-0", bad)
     out = tmp_path / "report"
     shutil.copytree(plain_report[1], out)
+    assert check_done(out, "report")
     before = snapshot(out)
     cfg = eval_config(tmp_path / "nofig.yaml", figures=False)
     proc = lenshpc("evaluate", "--config", cfg, "--data", eval_data, "--runs", runs, "--out", out,
                    timeout=600)
     assert proc.returncode == 2, proc.stderr
     assert "cannot load model" in proc.stderr and "model3/fold-0" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert snapshot(out) == before
+    assert not check_done(out, "report")
 
 
 def test_jobs_already_evaluated_are_not_redone(tmp_path, eval_data, eval_runs, plain_report):
@@ -112,8 +132,8 @@ def test_jobs_already_evaluated_are_not_redone(tmp_path, eval_data, eval_runs, p
     assert_same_content(plain_report[1] / "predictions.h5", out / "predictions.h5")
     assert (out / "metrics.csv").read_text() == (plain_report[1] / "metrics.csv").read_text()
 
-    # a new model file for one job: only that job is evaluated again
-    shutil.copy(runs / "model2" / "fold-0" / "model.keras", runs / "model1" / "fold-1" / "model.keras")
+    # one job trained again (a new model file): only that job is evaluated again
+    retrained(runs / "model1" / "fold-1", runs / "model2" / "fold-0" / "model.keras")
     proc = lenshpc(*args, check=True)
     assert "evaluating 1 job(s)" in proc.stdout
     with h5py.File(out / "predictions.h5", "r") as new, \
@@ -126,7 +146,7 @@ def test_jobs_already_evaluated_are_not_redone(tmp_path, eval_data, eval_runs, p
 
 
 def test_units_cover_every_job_and_item_once_on_any_number_of_ranks():
-    units = run.plan_units(n_jobs=3, n_test=30, chunk_size=8)
+    units = kernels.plan_units(n_jobs=3, n_test=30, chunk_size=8)
     assert units[:4] == [(0, 0, 8), (0, 8, 16), (0, 16, 24), (0, 24, 30)]
     for size in (1, 2, 3, 5, 13, 20):
         seen = [units[u] for rank in range(size) for u in split_evenly(len(units), rank, size)]
@@ -134,24 +154,62 @@ def test_units_cover_every_job_and_item_once_on_any_number_of_ranks():
 
 
 def test_find_jobs_order_and_reasons(tmp_path):
-    def job(model, fold, **run_json):
+    def job(model, fold, marked=True, **run_json):
         d = tmp_path / model / f"fold-{fold}"
         d.mkdir(parents=True)
-        (d / "run.json").write_text(json.dumps({"finished": True, "dataset_checksum": "abc", **run_json}))
+        (d / "run.json").write_text(json.dumps({"finished": True, "dataset_checksum": "abc",
+                                                "weights_sha256": ["w" * 64], **run_json}))
         (d / "model.keras").write_bytes(b"x")
+        if marked:
+            mark_done(d, "train", ["model.keras", "run.json"])
         return d
 
     job("model2", 0)
     job("extra", 0)
     job("model1", 1)
-    (job("model1", 0) / "model.keras").unlink()
-    job("model2", 1, finished=False, epochs_done=4)
+    (job("model1", 0, marked=False) / "model.keras").unlink()
+    job("model2", 1, marked=False, finished=False, epochs_done=4)
     (tmp_path / "model3" / "fold-0").mkdir(parents=True)
     (tmp_path / "model3" / "fold-0" / "run.json").write_text("{broken")
     found, skipped = store.find_jobs(tmp_path, ["model1", "model2", "model3"], 2, "abc")
     assert [j.key for j in found] == ["model1/fold-1", "model2/fold-0", "extra/fold-0"]
+    # the marker vouches for the file: its sha256, no weights left to check
+    assert found[0].model_checksum == file_sha256(tmp_path / "model1" / "fold-1" / "model.keras")
+    assert found[0].weights_sha256 is None
     reasons = dict(skipped)
     assert reasons["model1/fold-0"] == "finished but model.keras is missing"
     assert reasons["model2/fold-1"] == "unfinished (4 epochs done)"
     assert reasons["model3/fold-0"].startswith("unreadable run.json")
     assert reasons["model3/fold-1"] == "missing (no run.json)"
+
+
+def test_find_jobs_checks_model_files_against_train(tmp_path):
+    """Marker first; without one, run.json's model_sha256, else its weights hash (checked
+    once loaded); a job that cannot be checked, or does not match, is refused."""
+    d = tmp_path / "model1" / "fold-0"
+    d.mkdir(parents=True)
+    (d / "model.keras").write_bytes(b"model bytes")
+    run = {"finished": True, "dataset_checksum": "abc"}
+
+    def find(**extra):
+        (d / "run.json").write_text(json.dumps({**run, **extra}))
+        return store.find_jobs(tmp_path, ["model1"], 1, "abc")[0]
+
+    with pytest.raises(UserError, match="cannot be checked"):
+        find()
+    assert find(weights_sha256=["w" * 64, "w" * 64])[0].weights_sha256 == "w" * 64
+    with pytest.raises(UserError, match="cannot be checked"):
+        find(weights_sha256=["w" * 64, "v" * 64])       # ranks of train disagreed
+    assert find(model_sha256=file_sha256(d / "model.keras"))[0].weights_sha256 is None
+    with pytest.raises(UserError, match="model.keras is not the model train saved"):
+        find(model_sha256="0" * 64)
+    (d / "run.json").write_text(json.dumps(run))          # no hash in run.json, but a marker
+    mark_done(d, "train", ["model.keras", "run.json"])
+    [job], _ = store.find_jobs(tmp_path, ["model1"], 1, "abc")
+    assert job.model_checksum == file_sha256(d / "model.keras") and job.weights_sha256 is None
+    (d / "model.keras").write_bytes(b"another model")
+    with pytest.raises(UserError, match="model1/fold-0: refused, the job is not what train finished"):
+        store.find_jobs(tmp_path, ["model1"], 1, "abc")
+    (d / "model.keras").unlink()                         # marked finished, model gone
+    with pytest.raises(UserError, match="model.keras is missing"):
+        store.find_jobs(tmp_path, ["model1"], 1, "abc")

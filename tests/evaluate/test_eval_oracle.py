@@ -14,19 +14,25 @@ import csv
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 
 from lenshpc.config import from_yaml_text, load
 from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import report, run, store
+from lenshpc.evaluate import kernels, report, run, store
 from lenshpc.simulate.render import Renderer
 from tests.conftest import lenshpc, write_config
 
 
+def read_images(ds) -> np.ndarray:
+    with h5py.File(ds.path, "r") as f:
+        return f["images"][ds.test_index]
+
+
 def _entry(ds, pred, renderer, key, scores=None):
-    images = store.read_images(ds.path, ds.test_index)
-    scores = scores or run.score_chunk(renderer, ds.truth_names, ds.truth_test, pred, images,
+    images = read_images(ds)
+    scores = scores or kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, pred, images,
                                        1e-3, 0.9)
     model, fold = key.split("/")
     return {"index": ds.test_index, "true": ds.true_test, "pred": pred, **scores,
@@ -103,13 +109,13 @@ def test_reference_image_with_noise_is_the_noise_free_render(tmp_path):
     ds_cfg = from_yaml_text(ds.config_text)
     assert ds_cfg.image.noise
     renderer = Renderer(ds_cfg.image)
-    stored = store.read_images(ds.path, ds.test_index)
-    ref = run.reference_images(renderer, ds.truth_names, ds.truth_test, stored, noise=True)
+    stored = read_images(ds)
+    ref = kernels.reference_images(renderer, ds.truth_names, ds.truth_test, stored, noise=True)
     assert ref.shape == stored.shape and not np.array_equal(ref, stored)
-    scores = run.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, ref, 1e-3, 0.9)
+    scores = kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, ref, 1e-3, 0.9)
     assert np.all(np.isinf(scores["psnr"]))                 # the oracle is perfect again
     # against the noisy image the oracle would score about 10 log10(1 / rms^2) ~ 26 dB
-    noisy = run.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, stored, 1e-3, 0.9)
+    noisy = kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, stored, 1e-3, 0.9)
     assert np.all(noisy["psnr"] < 40)
 
 
@@ -121,5 +127,5 @@ def test_reference_image_with_noise_is_the_noise_free_render(tmp_path):
     ((1.0, 0.1, float("inf"), 0.0), (1.0, 0.0, 0.0, True)),
 ])
 def test_predictions_are_moved_into_the_renderable_domain(pred, expect):
-    got = run.renderable(pred[0], pred[2], pred[3], 1e-3, 0.9)
+    got = kernels.renderable(pred[0], pred[2], pred[3], 1e-3, 0.9)
     assert got[:3] == pytest.approx(expect[:3]) and got[3] is expect[3]
