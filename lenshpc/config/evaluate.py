@@ -35,6 +35,12 @@ class Evaluate:
                          "predictions are then bit-identical for any number of ranks. 0: "
                          "TensorFlow's default (all cores of the node; with several ranks per "
                          "node they compete, and the last bits may depend on the thread count).")
+    rel_err_floor: float = param(0.01, gt=0, le=1, doc="Relative errors |pred - true| / |true| "
+                                 "are kept as the study defines them; the items with |true| "
+                                 "below this floor (e1, e2 near 0 as q -> 1) are counted in "
+                                 "metrics.csv and Table 1 (n_below_floor), and an error that "
+                                 "does not divide by the truth (|d| / std of the test set) is "
+                                 "reported beside them.")
     figures: bool = param(True, doc="Draw the figures (false: tables and report.md only, e.g. "
                           "for a quick re-evaluation).")
     n_examples: int = param(8, ge=1, le=100, doc="Example images shown in the report.")

@@ -288,42 +288,60 @@ def fig_predicted_vs_true(true: Mapping[str, np.ndarray], pred: Mapping[str, np.
     return fig
 
 
+def _boxes(ax, data: Sequence[np.ndarray], models: Sequence[str], colors, percent: bool) -> None:
+    positive = [d[d > 0] for d in data]
+    use_log = all(p.size for p in positive)
+    shown = positive if use_log else data
+    shown = [d if d.size else np.array([np.nan]) for d in shown]
+    bp = ax.boxplot(shown, whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
+    for patch, color in zip(bp["boxes"], colors):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.5)
+    for med in bp["medians"]:
+        med.set_color("k")
+    if use_log:
+        ax.set_yscale("log")
+    top = [np.nanpercentile(d, 95) if np.isfinite(d).any() else np.nan for d in shown]
+    for i, d in enumerate(data):
+        m = float(np.median(d)) if d.size else math.nan
+        y = top[i] if np.isfinite(top[i]) else 0
+        ax.annotate(f"{100 * m:.1f}%" if percent else f"{m:.3f}", xy=(i + 1, y), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(1, len(models) + 1), models, rotation=30)
+    ax.margins(y=0.12)
+
+
 def fig_relative_error_boxes(rel_err: Mapping[str, Sequence[np.ndarray]],
-                             names: Sequence[str]) -> Figure:
-    """Box plots of ``|pred - true| / |true|`` per parameter (panels) and model (boxes);
-    ``rel_err[model][j]`` pools all folds. Boxes: quartiles; whiskers: 5th-95th
-    percentiles; the median is written above each box."""
+                             names: Sequence[str],
+                             scaled_err: Mapping[str, Sequence[np.ndarray]] | None = None,
+                             below_floor: Mapping[str, Sequence[int]] | None = None,
+                             floor: float | None = None) -> Figure:
+    """Top row: box plots of the study's ``|pred - true| / |true|`` per parameter (panels)
+    and model (boxes), ``rel_err[model][j]`` pooling all folds. Bottom row (with
+    ``scaled_err``): ``|pred - true| / std(true)``, which does not divide by each truth.
+    ``below_floor[model][j]`` items with ``|true| < floor`` are written under the panel
+    titles (they stay in both rows). Boxes: quartiles; whiskers: 5th-95th percentiles;
+    the median is written above each box."""
     models = list(rel_err)
-    fig = _figure(2.1 * len(names) + 0.6, 3.6)
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    rows = 2 if scaled_err is not None else 1
+    fig = _figure(2.1 * len(names) + 0.6, 3.3 * rows + 0.4)
+    axes = fig.subplots(rows, len(names), squeeze=False)
     colors = _colors(len(models))
-    for c, (ax, name) in enumerate(zip(axes, names)):
-        data = [np.asarray(rel_err[m][c]) for m in models]
-        positive = [d[d > 0] for d in data]
-        use_log = all(p.size for p in positive)
-        shown = positive if use_log else data
-        shown = [d if d.size else np.array([np.nan]) for d in shown]
-        bp = ax.boxplot(shown, whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
-        for patch, color in zip(bp["boxes"], colors):
-            patch.set_facecolor(color)
-            patch.set_alpha(0.5)
-        for med in bp["medians"]:
-            med.set_color("k")
-        if use_log:
-            ax.set_yscale("log")
-        top = [np.nanpercentile(d, 95) if np.isfinite(d).any() else np.nan for d in shown]
-        for i, d in enumerate(data):
-            m = float(np.median(d)) if d.size else math.nan
-            y = top[i] if np.isfinite(top[i]) else 0
-            ax.annotate(f"{100 * m:.1f}%", xy=(i + 1, y), xytext=(0, 3), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(1, len(models) + 1), models, rotation=30)
-        ax.set_title(SYMBOLS.get(name, name))
-        ax.margins(y=0.12)
-        if c == 0:
-            ax.set_ylabel(r"relative error $|\hat y - y| / |y|$")
-    fig.suptitle("Relative errors on the test set (box: quartiles, whiskers: 5-95%, "
-                 "median written on top)")
+    for c, name in enumerate(names):
+        ax = axes[0, c]
+        _boxes(ax, [np.asarray(rel_err[m][c]) for m in models], models, colors, percent=True)
+        title = SYMBOLS.get(name, name)
+        if below_floor is not None and floor is not None:
+            counts = ", ".join(str(int(below_floor[m][c])) for m in models)
+            title += f"\n|true| < {floor:g}: {counts}"
+        ax.set_title(title, fontsize=9)
+        if rows == 2:
+            _boxes(axes[1, c], [np.asarray(scaled_err[m][c]) for m in models], models, colors,
+                   percent=False)
+    axes[0, 0].set_ylabel(r"relative error $|\hat y - y| / |y|$")
+    if rows == 2:
+        axes[1, 0].set_ylabel(r"$|\hat y - y|$ / std($y$)")
+    fig.suptitle("Errors on the test set (box: quartiles, whiskers: 5-95%, median on top)")
     return fig
 
 

@@ -24,19 +24,14 @@ GAUSS_COVERAGE = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 
 #: Columns of metrics.csv after ``model, fold, parameter`` (each a field of ParameterMetrics).
 METRIC_COLUMNS = ("mae", "r2", "bias", "median_bias", "sigma", "nmad",
-                  "rel_err_median", "rel_err_p90", "n")
+                  "rel_err_median", "rel_err_p90", "scaled_err_median", "scaled_err_p90",
+                  "n_below_floor", "n")
+#: Default |true| below which a relative error is called a small-denominator case.
+REL_ERR_FLOOR = 0.01
 
 
 def _as_float(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
-
-
-def mae(true, pred, axis=0) -> np.ndarray | float:
-    """Mean absolute error ``mean(|pred - true|)`` along ``axis`` (units of the inputs)."""
-    d = _as_float(pred) - _as_float(true)
-    if d.shape[axis] == 0:
-        return np.full(np.delete(d.shape, axis), np.nan) if d.ndim > 1 else math.nan
-    return np.mean(np.abs(d), axis=axis)
 
 
 def r2(true, pred) -> float:
@@ -71,10 +66,29 @@ def nmad(d) -> float:
 
 
 def relative_error(true, pred) -> np.ndarray:
-    """``|pred - true| / |true|`` over the items whose true value is not 0 (others dropped)."""
+    """``|pred - true| / |true|`` (the study's definition) over the items whose true value
+    is not exactly 0; those have no relative error at all (count them with
+    :func:`n_below_floor`)."""
     y, yhat = _as_float(true), _as_float(pred)
     keep = y != 0
     return np.abs(yhat[keep] - y[keep]) / np.abs(y[keep])
+
+
+def scaled_error(true, pred) -> np.ndarray:
+    """``|pred - true| / std(true)``: an error that does not divide by each item's truth,
+    in units of the parameter's spread over the given (test) set. Empty or nan when the
+    truth does not vary."""
+    y, yhat = _as_float(true), _as_float(pred)
+    spread = float(np.std(y)) if y.size else 0.0
+    if spread == 0.0:
+        return np.full(y.shape, np.nan)
+    return np.abs(yhat - y) / spread
+
+
+def n_below_floor(true, floor: float = REL_ERR_FLOOR) -> int:
+    """Items with ``|true| < floor``: their relative errors are dominated by the small
+    denominator (e1, e2 -> 0 as q -> 1). Counted, never dropped."""
+    return int(np.sum(np.abs(_as_float(true)) < floor))
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,8 @@ class ParameterMetrics:
 
     ``d = pred - true``; ``mae``, ``bias``, ``median_bias``, ``sigma``, ``nmad`` are in
     the parameter's unit, ``rel_err_*`` are fractions (over items with ``true != 0``),
-    ``n`` is the number of test items."""
+    ``scaled_err_*`` are ``|d| / std(true)``, ``n_below_floor`` counts ``|true| < floor``
+    and ``n`` is the number of test items."""
 
     mae: float
     r2: float
@@ -93,16 +108,21 @@ class ParameterMetrics:
     nmad: float
     rel_err_median: float
     rel_err_p90: float
+    scaled_err_median: float
+    scaled_err_p90: float
+    n_below_floor: int
     n: int
 
 
-def parameter_metrics(true, pred) -> ParameterMetrics:
+def parameter_metrics(true, pred, floor: float = REL_ERR_FLOOR) -> ParameterMetrics:
     """All figures of one parameter from its true and predicted values, shape ``(N,)``."""
     y, yhat = _as_float(true).ravel(), _as_float(pred).ravel()
     if y.shape != yhat.shape:
         raise ValueError(f"true {y.shape} and pred {yhat.shape} differ in shape")
     d = yhat - y
     rel = relative_error(y, yhat)
+    scaled = scaled_error(y, yhat)
+    scaled = scaled[np.isfinite(scaled)]
     empty = y.size == 0
     return ParameterMetrics(
         mae=math.nan if empty else float(np.mean(np.abs(d))),
@@ -113,6 +133,9 @@ def parameter_metrics(true, pred) -> ParameterMetrics:
         nmad=nmad(d),
         rel_err_median=float(np.median(rel)) if rel.size else math.nan,
         rel_err_p90=float(np.percentile(rel, 90)) if rel.size else math.nan,
+        scaled_err_median=float(np.median(scaled)) if scaled.size else math.nan,
+        scaled_err_p90=float(np.percentile(scaled, 90)) if scaled.size else math.nan,
+        n_below_floor=n_below_floor(y, floor),
         n=int(y.size),
     )
 
@@ -128,6 +151,15 @@ def weighted_mse_loss(true, pred, target_std, loss_weights) -> float:
     w = _as_float(loss_weights)
     z = (y - yhat) / s
     return float(np.mean(np.sum(w * z ** 2, axis=1)))
+
+
+def weighted_mse_physical(true, pred, loss_weights) -> float:
+    """The study's loss in physical units, the scale of its Table 1:
+    ``(1/N) sum_i sum_j w_j (y_ij - yhat_ij)^2`` for ``(N, P)`` arrays (theta_E in arcsec)."""
+    y, yhat = _as_float(true), _as_float(pred)
+    if y.shape[0] == 0:
+        return math.nan
+    return float(np.mean(np.sum(_as_float(loss_weights) * (y - yhat) ** 2, axis=1)))
 
 
 # --------------------------------------------------------------------------- images

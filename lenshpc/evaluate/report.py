@@ -1,233 +1,32 @@
-"""Tables, figures and report.md from predictions.h5 (rank 0, after the MPI part).
+"""Writers of REPORT (rank 0, after the MPI part): CSV tables, Table 1, figures, report.md.
 
-The per-job figures (metrics.csv, psnr.csv) and the study's Table 1 are pure functions
-of the prediction arrays (:func:`job_metrics_rows`, :func:`psnr_rows`,
-:func:`job_summary`, :func:`table1_rows`); the writers only format them. Table 1 is
-one row per dropout model, each figure the mean +- standard deviation (ddof=0) over
-the model's folds:
-
-- loss: weighted MSE of standardised targets, as in training (run.json
-  ``target_std`` and ``loss_weights``);
-- MAE: mean absolute error over theta_E (arcsec), q, e1, e2 in physical units, as
-  the training metric ``mae``;
-- R^2 and median relative error per parameter; median PSNR (dB).
+The numbers come from :mod:`lenshpc.evaluate.tables` (pure rows and formatting); the
+drawings from :mod:`lenshpc.evaluate.figures`. Table 1 follows the study (see
+``tables``): minima of the validation curves, the test-set weighted MSE in physical
+units, and per parameter R², relative errors, NMAD, bias and sigma.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from lenshpc import __version__
 from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import figures as F
-from lenshpc.evaluate import metrics as M
-from lenshpc.evaluate import store
+from lenshpc.evaluate import figures, metrics, store
+from lenshpc.evaluate.tables import (COVERAGE_COLUMNS, METRICS_CSV_COLUMNS, PSNR_COLUMNS,
+                                     coverage_rows, csv_text, fmt_number, fmt_pm,
+                                     group_by_model, job_metrics_rows, job_summary, md_table,
+                                     model_fold, psnr_row, table1_csv, table1_latex,
+                                     table1_markdown, table1_rows)
+from lenshpc.train.state import read_history
 
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
-PSNR_COLUMNS = ("model", "fold", "psnr_median", "psnr_mean", "mse_mean", "n", "n_inf")
-COVERAGE_COLUMNS = ("model", "fold", "parameter", "coverage_1sigma", "coverage_2sigma",
-                    "mean_std", "n", "has_dropout")
-
-
-# --------------------------------------------------------------------------- pure tables
-
-
-def _model_fold(key: str) -> tuple[str, int]:
-    model, fold = key.split("/")
-    return model, int(fold.removeprefix("fold-"))
-
-
-def job_metrics_rows(key: str, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """metrics.csv rows of one job: one per parameter (METHOD.md section 3)."""
-    model, fold = _model_fold(key)
-    rows = []
-    for j, name in enumerate(TARGETS):
-        m = M.parameter_metrics(entry["true"][:, j], entry["pred"][:, j])
-        rows.append({"model": model, "fold": fold, "parameter": name, **vars(m)})
-    return rows
-
-
-def psnr_row(key: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """psnr.csv row of one job (means over finite PSNR only; see metrics.psnr_summary)."""
-    model, fold = _model_fold(key)
-    return {"model": model, "fold": fold, **vars(M.psnr_summary(entry["psnr"], entry["mse"]))}
-
-
-def job_summary(entry: Mapping[str, Any]) -> dict[str, float]:
-    """The Table 1 figures of one job: loss, mae, r2_<p>, rel_err_median_<p>, psnr_median."""
-    run = json.loads(entry["attrs"].get("run_json", "{}"))
-    true, pred = entry["true"], entry["pred"]
-    std = run.get("target_std") or np.std(true, axis=0).tolist()
-    weights = run.get("loss_weights") or [1.0] * len(TARGETS)
-    out = {"loss": M.weighted_mse_loss(true, pred, std, weights),
-           "mae": float(np.mean(np.abs(pred - true))) if len(true) else math.nan}
-    for j, name in enumerate(TARGETS):
-        out[f"r2_{name}"] = M.r2(true[:, j], pred[:, j])
-    for j, name in enumerate(TARGETS):
-        rel = M.relative_error(true[:, j], pred[:, j])
-        out[f"rel_err_median_{name}"] = float(np.median(rel)) if rel.size else math.nan
-    out["psnr_median"] = M.psnr_summary(entry["psnr"], entry["mse"]).psnr_median
-    return out
-
-
-#: Table 1 figures in column order, with their header in markdown and LaTeX.
-TABLE1 = ([("loss", "loss", "loss"), ("mae", "MAE", "MAE")]
-          + [(f"r2_{p}", f"R² {p}", f"$R^2$ {F.SYMBOLS[p]}") for p in TARGETS]
-          + [(f"rel_err_median_{p}", f"rel. err. {p}", f"rel.\\ err.\\ {F.SYMBOLS[p]}")
-             for p in TARGETS]
-          + [("psnr_median", "PSNR median [dB]", "PSNR [dB]")])
-
-
-def group_by_model(keys: Iterable[str]) -> dict[str, list[str]]:
-    """Job keys grouped by model, in first-seen order."""
-    groups: dict[str, list[str]] = {}
-    for key in keys:
-        groups.setdefault(_model_fold(key)[0], []).append(key)
-    return groups
-
-
-def table1_rows(summaries: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
-    """One row per model: ``model``, ``n_folds``, ``folds`` and ``<figure>_mean``,
-    ``<figure>_std`` over the model's folds for every Table 1 figure."""
-    rows = []
-    for model, keys in group_by_model(summaries).items():
-        row: dict[str, Any] = {"model": model, "n_folds": len(keys),
-                               "folds": " ".join(str(_model_fold(k)[1]) for k in keys)}
-        for name, _, _ in TABLE1:
-            values = [summaries[k][name] for k in keys]
-            row[f"{name}_mean"], row[f"{name}_std"] = M.fold_mean_std(values)
-        rows.append(row)
-    return rows
-
-
-def coverage_rows(key: str, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """MC-dropout coverage of +-1 and +-2 sigma per parameter of one job."""
-    model, fold = _model_fold(key)
-    rows = []
-    for j, name in enumerate(TARGETS):
-        y, mu, s = entry["true"][:, j], entry["pred"][:, j], entry["pred_std"][:, j]
-        rows.append({"model": model, "fold": fold, "parameter": name,
-                     "coverage_1sigma": M.coverage(y, mu, s, 1),
-                     "coverage_2sigma": M.coverage(y, mu, s, 2),
-                     "mean_std": float(np.mean(s)) if s.size else math.nan, "n": int(y.size),
-                     "has_dropout": bool(entry["attrs"].get("mc_has_dropout", True))})
-    return rows
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_number(v: float, digits: int = 4) -> str:
-    """A number for tables: ``inf``, ``nan`` spelled out, else ``digits`` significant."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "nan"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v)).lower()
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return f"{float(v):.{digits}g}"
-
-
-def fmt_pm(mean: float, std: float, tex: bool = False, n: int = 2) -> str:
-    """``mean ± std`` rounded at the std's first significant digit (second if it is 1
-    or 2); with one fold (``n == 1``) the mean alone, to 3 significant digits."""
-    pm = r" \pm " if tex else " ± "
-    if not math.isfinite(mean):
-        return r"$\infty$" if tex and mean == math.inf else fmt_number(mean)
-    if n <= 1 or not math.isfinite(std) or std == 0:
-        body = f"{mean:.3g}" if n <= 1 or not math.isfinite(std) else f"{mean:.3g}{pm}0"
-    else:
-        exponent = int(math.floor(math.log10(std)))
-        lead = int(std / 10 ** exponent)
-        decimals = min(max(0, -exponent + (1 if lead <= 2 else 0)), 8)
-        body = f"{mean:.{decimals}f}{pm}{std:.{decimals}f}"
-    return f"${body}$" if tex else body
-
-
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """CSV with a header; floats with full precision (repr), inf/nan spelled out."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for row in rows:
-        w.writerow([_csv_value(row[c]) for c in columns])
-    return buf.getvalue()
-
-
-def _csv_value(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v)).lower()
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v) or math.isinf(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return repr(v)
-    return str(v)
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = ["model", "folds"] + [md for _, md, _ in TABLE1]
-    body = [[r["model"], str(r["n_folds"])]
-            + [fmt_pm(r[f"{n}_mean"], r[f"{n}_std"], n=r["n_folds"]) for n, _, _ in TABLE1]
-            for r in rows]
-    return md_table(header, body)
-
-
-def table1_latex(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
-    """A booktabs ``table`` (needs \\usepackage{booktabs}); one row per model."""
-    cols = "l" + "c" * (len(TABLE1) + 1)
-    head = " & ".join(["model", "folds"] + [tex for _, _, tex in TABLE1]) + r" \\"
-    lines = [r"\begin{table*}", r"\centering", r"\small", rf"\caption{{{caption}}}",
-             r"\label{tab:table1}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", head, r"\midrule"]
-    for r in rows:
-        cells = [r["model"].replace("_", r"\_"), str(r["n_folds"])]
-        cells += [fmt_pm(r[f"{n}_mean"], r[f"{n}_std"], tex=True, n=r["n_folds"])
-                  for n, _, _ in TABLE1]
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
-    return "\n".join(lines) + "\n"
-
-
-def table1_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    columns = ["model", "n_folds", "folds"] + [f"{n}_{s}" for n, _, _ in TABLE1
-                                               for s in ("mean", "std")]
-    return csv_text(rows, columns)
-
-
-# --------------------------------------------------------------------------- inputs of figures
-
-
-def read_history(path: Path) -> dict[str, np.ndarray] | None:
-    """history.csv as column arrays (epoch, loss, val_loss, mae, val_mae, lr), or None."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return None
-    if not rows:
-        return None
-    cols = ("epoch", "loss", "val_loss", "mae", "val_mae")
-    try:
-        return {c: np.array([float(r[c]) for r in rows]) for c in cols}
-    except (KeyError, ValueError, TypeError):
-        return None
 
 
 def _pooled(preds: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, np.ndarray]:
@@ -257,16 +56,18 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     keys = [j.key for j in jobs if j.key in preds]
     preds = {k: preds[k] for k in keys}
 
-    metric_rows = [r for k in keys for r in job_metrics_rows(k, preds[k])]
-    store.write_text(out_dir / "metrics.csv",
-                     csv_text(metric_rows, ("model", "fold", "parameter") + M.METRIC_COLUMNS))
+    floor = cfg.evaluate.rel_err_floor
+    metric_rows = [r for k in keys for r in job_metrics_rows(k, preds[k], floor)]
+    store.write_text(out_dir / "metrics.csv", csv_text(metric_rows, METRICS_CSV_COLUMNS))
     p_rows = [psnr_row(k, preds[k]) for k in keys]
     store.write_text(out_dir / "psnr.csv", csv_text(p_rows, PSNR_COLUMNS))
 
-    summaries = {k: job_summary(preds[k]) for k in keys}
+    directories = {j.key: j.directory for j in jobs}
+    summaries = {k: job_summary(preds[k], read_history(directories[k] / "history.csv"), floor)
+                 for k in keys}
     t1 = table1_rows(summaries)
-    caption = (f"{cfg.name}: test-set figures per dropout model, mean $\\pm$ standard deviation "
-               f"over folds ({len(ds.test_index)} test systems).")
+    caption = (f"{cfg.name}: Table 1, mean +- standard deviation over folds "
+               f"({len(ds.test_index)} test systems).")
     store.write_text(out_dir / "table1.csv", table1_csv(t1))
     store.write_text(out_dir / "table1.md", table1_markdown(t1))
     store.write_text(out_dir / "table1.tex", table1_latex(t1, caption))
@@ -296,7 +97,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     done: list[tuple[str, str]] = []
 
     def put(fig, name: str, caption: str) -> None:
-        F.save(fig, fig_dir, name, dpi)
+        figures.save(fig, fig_dir, name, dpi)
         done.append((name, caption))
 
     with h5py.File(ds.path, "r") as f:
@@ -306,11 +107,11 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
         ex_images = f["images"][ex_index]
     test_mask = np.zeros(len(labels), dtype=bool)
     test_mask[ds.test_index] = True
-    put(F.fig_parameter_distributions(labels, labels[test_mask], TARGETS),
+    put(figures.fig_parameter_distributions(labels, labels[test_mask], TARGETS),
         "fig1_parameter_distributions",
         f"Parameter distributions of the sample ({len(labels)} systems; the test set outlined). "
         "theta_E in arcsec; q, e1, e2 dimensionless.")
-    put(F.fig_example_images(ex_images, labels[ex_index], scale, ex_index.tolist()),
+    put(figures.fig_example_images(ex_images, labels[ex_index], scale, ex_index.tolist()),
         "fig2_example_images",
         f"The first {n_ex} test images (asinh stretch; axes in arcsec from the image centre).")
 
@@ -321,14 +122,14 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
             if h is not None:
                 histories.setdefault(job.model, []).append(h)
     if histories:
-        put(F.fig_training_curves(histories, mae_unit=r"mean of $\theta_E$ [arcsec], $q, e_1, e_2$"),
+        put(figures.fig_training_curves(histories, mae_unit=r"mean of $\theta_E$ [arcsec], $q, e_1, e_2$"),
             "fig3_training_curves",
             "Training and validation loss (weighted MSE of standardised targets) and MAE "
             "(mean over theta_E [arcsec], q, e1, e2) per epoch from history.csv: mean over "
             "folds, band +-1 standard deviation.")
 
     psnr = _pooled(preds, "psnr")
-    put(F.fig_psnr_distributions(psnr), "fig4_psnr_distributions",
+    put(figures.fig_psnr_distributions(psnr), "fig4_psnr_distributions",
         "PSNR (MAX = 1) of every test image re-rendered from its predicted theta_E, e1, e2, "
         "per model (all folds); dashed lines: medians. Perfect re-renders (infinite PSNR) "
         "are counted in the legend and left out of the histogram.")
@@ -338,7 +139,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     renderer = Renderer(ds_cfg.image)
     first = {}
     for key in preds:
-        first.setdefault(_model_fold(key)[0], key)
+        first.setdefault(model_fold(key)[0], key)
     pos = typical_system(preds[next(iter(first.values()))])
     with h5py.File(ds.path, "r") as f:
         stored = f["images"][int(ds.test_index[pos])]
@@ -348,11 +149,11 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     for model, key in first.items():
         img, _ = rerender(renderer, ds.truth_names, ds.truth_test[pos], preds[key]["pred"][pos],
                           cfg.evaluate.theta_E_min, cfg.evaluate.max_ellipticity)
-        predicted[f"{model} fold {_model_fold(key)[1]}: PSNR {preds[key]['psnr'][pos]:.1f} dB"] = \
+        predicted[f"{model} fold {model_fold(key)[1]}: PSNR {preds[key]['psnr'][pos]:.1f} dB"] = \
             img if img is not None else np.zeros_like(true_image)
     item = int(ds.test_index[pos])
     t = ds.true_test[pos]
-    put(F.fig_triptych(true_image, predicted, scale,
+    put(figures.fig_triptych(true_image, predicted, scale,
                        rf"Test system #{item} ($\theta_E$={t[0]:.2f}$''$, $q$={t[1]:.2f}) "
                        "re-rendered from each model's predicted parameters"),
         "fig5_true_predicted_residual",
@@ -361,25 +162,35 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
         "stretch, axes in arcsec.")
 
     true_p, pred_p = _pooled(preds, "true"), _pooled(preds, "pred")
-    r2 = {m: [M.r2(true_p[m][:, j], pred_p[m][:, j]) for j in range(len(TARGETS))] for m in pred_p}
-    folds = {m: np.concatenate([np.full(len(preds[k]["pred"]), _model_fold(k)[1]) for k in keys])
+    r2 = {m: [metrics.r2(true_p[m][:, j], pred_p[m][:, j]) for j in range(len(TARGETS))] for m in pred_p}
+    folds = {m: np.concatenate([np.full(len(preds[k]["pred"]), model_fold(k)[1]) for k in keys])
              for m, keys in group_by_model(preds).items()}
-    put(F.fig_predicted_vs_true(true_p, pred_p, folds, TARGETS, r2), "fig6_predicted_vs_true",
+    put(figures.fig_predicted_vs_true(true_p, pred_p, folds, TARGETS, r2), "fig6_predicted_vs_true",
         "Predicted vs true parameters of the test set, all folds pooled, with the 1:1 line "
         "(R² of the pooled points).")
 
-    rel = {m: [M.relative_error(true_p[m][:, j], pred_p[m][:, j]) for j in range(len(TARGETS))]
+    n_p = range(len(TARGETS))
+    floor = cfg.evaluate.rel_err_floor
+    rel = {m: [metrics.relative_error(true_p[m][:, j], pred_p[m][:, j]) for j in n_p]
            for m in pred_p}
-    put(F.fig_relative_error_boxes(rel, TARGETS), "fig7_relative_error_boxes",
-        "Relative errors |pred - true| / |true| per parameter and model (all folds; items with "
-        "true value 0 left out): boxes span the quartiles, whiskers the 5th-95th percentiles, "
-        "the median is written on top.")
+    scaled = {m: [metrics.scaled_error(true_p[m][:, j], pred_p[m][:, j]) for j in n_p]
+              for m in pred_p}
+    below = {m: [metrics.n_below_floor(true_p[m][:, j], floor) for j in n_p] for m in pred_p}
+    put(figures.fig_relative_error_boxes(rel, TARGETS, scaled, below, floor),
+        "fig7_relative_error_boxes",
+        "Top: relative errors |pred - true| / |true| (the study's definition) per parameter "
+        "and model, all folds pooled; items with true value exactly 0 have none. Bottom: "
+        "|pred - true| / std(true), an error that does not divide by each item's truth. "
+        f"Panel titles count the items with |true| < {floor:g} (per model), whose relative "
+        "errors are mostly small denominators (e1, e2 -> 0 as q -> 1); they stay in both "
+        "rows. Boxes span the quartiles, whiskers the 5th-95th percentiles, the median is "
+        "written on top.")
 
     if mc:
         std_p = _pooled(preds, "pred_std")
-        no_dropout = sorted({_model_fold(k)[0] for k in preds
+        no_dropout = sorted({model_fold(k)[0] for k in preds
                              if not preds[k]["attrs"].get("mc_has_dropout", True)})
-        put(F.fig_calibration(true_p, pred_p, std_p, TARGETS, no_dropout), "fig8_calibration",
+        put(figures.fig_calibration(true_p, pred_p, std_p, TARGETS, no_dropout), "fig8_calibration",
             "MC-dropout calibration: fraction of true values inside the predicted +-k sigma "
             "interval against the Gaussian expectation (points: 1 and 2 sigma).")
     return done
@@ -400,6 +211,12 @@ def _versions(jobs) -> dict[str, str]:
             out.setdefault(f"{k} (train)", str(v))
         break
     return out
+
+
+def tied_labels(ds_cfg) -> bool:
+    """Whether the dataset's e1, e2 are functions of q alone (a fixed lens angle)."""
+    pop = ds_cfg.population
+    return pop.kind == "parametric" and pop.lens_mass.phi.dist == "constant"
 
 
 def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, metric_rows,
@@ -454,19 +271,38 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
     L += [f"- lenstronomy (dataset): {ds.attrs.get('lenstronomy_version', '?')}",
           f"- lenshpc (dataset): {ds.attrs.get('lenshpc_version', '?')}", ""]
 
+    floor = cfg.evaluate.rel_err_floor
     L += ["## Table 1", "",
-          "Test-set figures per dropout model, mean ± standard deviation (ddof = 0) over folds "
-          "(a model with one fold shows its value alone). "
-          "loss: weighted MSE of standardised targets (as in training); MAE: mean over "
-          "theta_E [arcsec], q, e1, e2 (physical units, as the training metric); R² and median "
-          "relative error per parameter; median PSNR of the re-rendered images (dB, MAX = 1). "
-          "Also in `table1.csv` and `table1.tex`.", ""]
+          "The study's Table 1, per dropout model: mean ± standard deviation (ddof = 0) over "
+          "folds (a model with one fold shows its value alone). Also in `table1.csv` "
+          "(fractions, not %) and `table1.tex`.", "",
+          "- **min val. loss, min val. MAE**: the minima over epochs of the validation loss "
+          "(weighted MSE 1, 1, 3, 3 of standardised targets, as trained) and of the validation "
+          "MAE (mean over theta_E [arcsec], q, e1, e2), read from each job's `history.csv`: "
+          "the study reports the minimum values attained during training.",
+          "- **test wMSE (phys.)**: the same weighted MSE on the test set in physical units "
+          "(theta_E in arcsec), the scale of the study's loss figures (0.092 for its model 3). "
+          "The test-set loss in standardised units is `test_loss` in `metrics.csv`.",
+          "- per parameter, with d = pred - true on the test set: R²; the median and 90th "
+          "percentile of the relative error |d| / |true| (%, the study's definition); NMAD = "
+          "1.4826 median(|d - median(d)|); bias = mean(d); sigma = (P84(d) - P16(d)) / 2; the "
+          "median of |d| / std(true), an error that does not divide by each item's truth; and "
+          f"the number of test items with |true| < {floor:g} (kept in every figure, counted "
+          "here because their relative errors are mostly small denominators).",
+          "- **PSNR median**: of the test images re-rendered from the predicted parameters "
+          "(dB, MAX = 1).", ""]
+    if tied_labels(ds_cfg):
+        phi = ds_cfg.population.lens_mass.phi.params
+        L += [f"**Tied labels.** The lens position angle is fixed (phi = "
+              f"{dict(phi).get('value')} deg) in this dataset, so e1 and e2 are functions of q "
+              "alone: only theta_E and one shape parameter are independent, and the figures of "
+              "q, e1 and e2 move together by construction.", ""]
     L += [table1_markdown(table1), ""]
 
     if cov_rows:
         L += ["## MC-dropout coverage", "",
               f"Fraction of true values inside the predicted ±1σ and ±2σ intervals "
-              f"(Gaussian: {M.GAUSS_COVERAGE[1]:.3f} and {M.GAUSS_COVERAGE[2]:.3f}), mean ± "
+              f"(Gaussian: {metrics.GAUSS_COVERAGE[1]:.3f} and {metrics.GAUSS_COVERAGE[2]:.3f}), mean ± "
               f"standard deviation over folds; mean σ in the parameter's unit. Also in "
               f"`coverage.csv`.", ""]
         header = ["model", "parameter", "±1σ", "±2σ", "mean σ"]
@@ -480,9 +316,9 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
         for (model, param), rs in groups.items():
             unit = f" {UNITS[param]}" if UNITS[param] else ""
             body.append([model, param,
-                         fmt_pm(*M.fold_mean_std([r["coverage_1sigma"] for r in rs]), n=len(rs)),
-                         fmt_pm(*M.fold_mean_std([r["coverage_2sigma"] for r in rs]), n=len(rs)),
-                         fmt_pm(*M.fold_mean_std([r["mean_std"] for r in rs]), n=len(rs)) + unit])
+                         fmt_pm(*metrics.fold_mean_std([r["coverage_1sigma"] for r in rs]), n=len(rs)),
+                         fmt_pm(*metrics.fold_mean_std([r["coverage_2sigma"] for r in rs]), n=len(rs)),
+                         fmt_pm(*metrics.fold_mean_std([r["mean_std"] for r in rs]), n=len(rs)) + unit])
         L += [md_table(header, body), ""]
         if no_dropout:
             L += [f"Models without dropout ({', '.join(no_dropout)}) have zero spread: every MC "
@@ -500,10 +336,12 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
           "METHOD.md section 3 with d = pred - true: MAE, bias = mean(d), median_bias = "
           "median(d), sigma = (P84(d) - P16(d)) / 2, NMAD = 1.4826 median(|d - median(d)|) in "
           "the parameter's unit (theta_E: arcsec); relative error |d| / |true| over items with "
-          "true != 0: median and 90th percentile. Also in `metrics.csv`.", ""]
-    cols = ("model", "fold", "parameter") + M.METRIC_COLUMNS
+          "true != 0: median and 90th percentile; |d| / std(true): median and 90th "
+          f"percentile; n_below_floor: items with |true| < {floor:g}. Also in `metrics.csv`, "
+          "with the job's test-set loss in standardised units (`test_loss`).", ""]
+    cols = ("model", "fold", "parameter") + metrics.METRIC_COLUMNS
     body = [[str(r["model"]), str(r["fold"]), str(r["parameter"])]
-            + [fmt_number(r[c]) for c in M.METRIC_COLUMNS] for r in metric_rows]
+            + [fmt_number(r[c]) for c in metrics.METRIC_COLUMNS] for r in metric_rows]
     L += [md_table(list(cols), body), ""]
 
     L += ["## Figures", ""]

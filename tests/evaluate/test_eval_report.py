@@ -7,6 +7,7 @@ import math
 
 import h5py
 import numpy as np
+import pytest
 
 from lenshpc.config.train import TARGETS
 
@@ -47,7 +48,9 @@ def test_products_of_a_plain_run(plain_report, eval_data):
 
     rows = read_csv(out / "metrics.csv")
     assert list(rows[0]) == ["model", "fold", "parameter", "mae", "r2", "bias", "median_bias",
-                             "sigma", "nmad", "rel_err_median", "rel_err_p90", "n"]
+                             "sigma", "nmad", "rel_err_median", "rel_err_p90",
+                             "scaled_err_median", "scaled_err_p90", "n_below_floor", "n",
+                             "test_loss"]
     assert [(r["model"], r["fold"], r["parameter"]) for r in rows] == [
         (k.split("/")[0], k.split("-")[1], p) for k in EVALUATED for p in TARGETS]
     assert all(int(r["n"]) == len(test_items) for r in rows)
@@ -69,17 +72,52 @@ def test_products_of_a_plain_run(plain_report, eval_data):
 
 def test_table1_has_every_model_of_the_debug_run(plain_report):
     _, out = plain_report
-    md = (out / "table1.md").read_text().splitlines()
-    assert md[0].startswith("| model | folds | loss | MAE | R² theta_E")
-    assert [line.split("|")[1].strip() for line in md[2:]] == ["model1", "model2", "model3"]
-    assert " ± " in md[2]                                # model1: 2 folds, mean ± std
+    md = (out / "table1.md").read_text().split("\n\n")
+    part_a, part_b = md[0].splitlines(), md[1].splitlines()
+    assert part_a[0] == ("| model | folds | min val. loss | min val. MAE | test wMSE (phys.) | "
+                         "PSNR median [dB] |")
+    assert [line.split("|")[1].strip() for line in part_a[2:]] == ["model1", "model2", "model3"]
+    assert " ± " in part_a[2]                            # model1: 2 folds, mean ± std
+    assert part_b[0].startswith("| model | parameter | R² | median rel. err. [%] |")
+    assert [tuple(c.strip() for c in line.split("|")[1:3]) for line in part_b[2:]] == [
+        (m, p) for m in ("model1", "model2", "model3") for p in TARGETS]
     rows = read_csv(out / "table1.csv")
     assert [r["model"] for r in rows] == ["model1", "model2", "model3"]
     assert [r["n_folds"] for r in rows] == ["2", "1", "1"]
-    assert {"loss_mean", "loss_std", "mae_mean", "r2_theta_E_mean", "rel_err_median_e2_std",
+    assert {"val_loss_min_mean", "val_loss_min_std", "val_mae_min_mean", "test_wmse_phys_mean",
+            "r2_theta_E_mean", "rel_err_median_e2_std", "nmad_q_mean", "bias_e1_mean",
+            "sigma_theta_E_std", "rel_err_p90_theta_E_mean", "n_below_floor_e2_mean",
             "psnr_median_mean"} <= set(rows[0])
+    assert "loss_mean" not in rows[0] and "mae_mean" not in rows[0]
     tex = (out / "table1.tex").read_text()
-    assert tex.count(r"\\") == 4 and r"\pm" in tex and r"\toprule" in tex
+    assert tex.count(r"\toprule") == 2 and r"\pm" in tex
+    assert tex.count(r"\\") == 3 + 1 + 12 + 1          # rows + header of each table
+
+
+def test_table1_minima_come_from_history_csv(plain_report, eval_runs):
+    from lenshpc.train.state import read_history
+    _, out = plain_report
+    rows = {r["model"]: r for r in read_csv(out / "table1.csv")}
+    for model, folds in (("model1", (0, 1)), ("model2", (0,))):
+        mins = [read_history(eval_runs / model / f"fold-{k}" / "history.csv") for k in folds]
+        for col in ("val_loss", "val_mae"):
+            values = [float(np.min(h[col])) for h in mins]
+            assert float(rows[model][f"{col}_min_mean"]) == np.mean(values)
+            assert float(rows[model][f"{col}_min_std"]) == np.std(values)
+
+
+def test_physical_weighted_mse_and_floor_counts_match_a_direct_computation(plain_report):
+    _, out = plain_report
+    rows = {r["model"]: r for r in read_csv(out / "table1.csv")}
+    with h5py.File(out / "predictions.h5", "r") as f:
+        true, pred = f["model2/fold-0"]["true"][...], f["model2/fold-0"]["pred"][...]
+    direct = np.mean(1 * (pred[:, 0] - true[:, 0]) ** 2 + 1 * (pred[:, 1] - true[:, 1]) ** 2
+                     + 3 * (pred[:, 2] - true[:, 2]) ** 2 + 3 * (pred[:, 3] - true[:, 3]) ** 2)
+    assert float(rows["model2"]["test_wmse_phys_mean"]) == pytest.approx(direct, rel=1e-12)
+    for j, p in enumerate(TARGETS):
+        assert float(rows["model2"][f"n_below_floor_{p}_mean"]) == np.sum(np.abs(true[:, j]) < 0.01)
+    metrics = [r for r in read_csv(out / "metrics.csv") if r["model"] == "model2"]
+    assert {r["test_loss"] for r in metrics} and len({r["test_loss"] for r in metrics}) == 1
 
 
 def test_report_lists_jobs_figures_and_provenance(plain_report, eval_data):
@@ -93,6 +131,7 @@ def test_report_lists_jobs_figures_and_provenance(plain_report, eval_data):
     positions = [text.index(f"figures/{name}.png") for name in FIGURES]
     assert positions == sorted(positions)
     assert "## Table 1" in text and "tensorflow (train)" in text and "```yaml" in text
+    assert "**Tied labels.**" in text and "e1 and e2 are functions of q" in text
     # skipped jobs are also said on the terminal
     assert "skipping model2/fold-1: unfinished" in proc.stdout
     assert "skipping model3/fold-1: missing" in proc.stdout
