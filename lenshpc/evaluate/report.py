@@ -134,7 +134,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
         "per model (all folds); dashed lines: medians. Perfect re-renders (infinite PSNR) "
         "are counted in the legend and left out of the histogram.")
 
-    from lenshpc.evaluate.run import reference_images, rerender
+    from lenshpc.evaluate.kernels import reference_images, rerender
     from lenshpc.simulate.render import Renderer
     renderer = Renderer(ds_cfg.image)
     first = {}

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from lenshpc.config import Config, UserError
-from lenshpc.config.schema import to_plain
+from lenshpc.config.schema import first_difference, to_plain
 from lenshpc.config.train import Job
 from lenshpc.lock import check_done, clear_done, exclusive
-from lenshpc.train import data as D
+from lenshpc.train import data
 from lenshpc.train.state import (Checkpoint, CheckpointError, JobFiles, TrainState,
                                  load_checkpoint, read_json)
 
@@ -78,21 +78,13 @@ def resume_key(cfg: Config, job: Job, dataset_checksum: str) -> dict[str, Any]:
     }
 
 
-def key_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first entry where two resume keys differ, as a short phrase, or None."""
-    for k in new:
-        if old.get(k) != new[k]:
-            return f"{k} was {old.get(k)!r}, now {new[k]!r}"
-    return None
-
-
 @dataclass
 class JobPlan:
     """A checked job: what to train on, where, for how long, and from which state."""
 
     cfg: Config
     job: Job
-    dataset: D.DatasetInfo
+    dataset: data.DatasetInfo
     files: JobFiles
     epochs: int
     train_items: np.ndarray
@@ -121,12 +113,12 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
     epochs = cfg.train.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {epochs}")
-    dataset = D.open_dataset(data_dir, cfg)
-    train_items, val_items = D.fold_items(dataset.split, job.fold)
+    dataset = data.open_dataset(data_dir, cfg)
+    train_items, val_items = data.fold_items(dataset.split, job.fold)
     if len(train_items) == 0 or len(val_items) == 0:
         raise UserError(f"dataset {dataset.path}: fold {job.fold} leaves {len(train_items)} "
                         f"training and {len(val_items)} validation items")
-    mean, std = D.target_stats(dataset.labels[train_items], cfg.train.standardize_targets)
+    mean, std = data.target_stats(dataset.labels[train_items], cfg.train.standardize_targets)
     runs = Path(runs)
     if runs.exists() and not runs.is_dir():
         raise UserError(f"--out {runs} exists and is not a directory")
@@ -157,7 +149,7 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
                         f"{files.root} to start the job again")
     if plan.checkpoint is not None:
         state = plan.checkpoint.state
-        diff = key_difference(state.key, key)
+        diff = first_difference(state.key, key)
         if diff:
             raise UserError(f"{files.root} was started with other settings ({diff}); use "
                             f"another --out or remove that directory")
@@ -271,21 +263,21 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     ckpt = plan.checkpoint
     first_epoch = ckpt.state.epochs_done if ckpt else 0
     block = t.read_block_mb << 20
-    train_ids = D.rank_share(plan.train_items, rank, size)
-    val_ids = D.rank_share(plan.val_items, rank, size)
-    x_train, y_train = D.read_items(plan.dataset.path, train_ids, block)
-    x_val, y_val = D.read_items(plan.dataset.path, val_ids, block)
+    train_ids = data.rank_share(plan.train_items, rank, size)
+    val_ids = data.rank_share(plan.val_items, rank, size)
+    x_train, y_train = data.read_items(plan.dataset, train_ids, block)
+    x_val, y_val = data.read_items(plan.dataset, val_ids, block)
     _agree_finite(plan, x_train, x_val, size, tf, hvd_tf)
     n_use = len(plan.train_items) // size
-    batches = D.TrainBatches(x_train, y_train, train_ids, n_use=n_use, batch_size=t.batch_size,
+    batches = data.TrainBatches(x_train, y_train, train_ids, n_use=n_use, batch_size=t.batch_size,
                              seed=cfg.seed, fold=job.fold, n_items=plan.dataset.n_items,
                              first_epoch=first_epoch)
-    train_ds = D.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches)
-    val_ds = D.tf_dataset(D.EvalBatches(x_val, y_val, t.batch_size), plan.dataset.image_shape,
+    train_ds = data.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches)
+    val_ds = data.tf_dataset(data.EvalBatches(x_val, y_val, t.batch_size), plan.dataset.image_shape,
                           t.prefetch_batches)
 
     # 3. Model: the same initial weights on every rank and for every dropout model of a fold.
-    from lenshpc.train import callbacks as C
+    from lenshpc.train import callbacks as cb
     from lenshpc.train.device import default_steps_per_execution
     from lenshpc.train.model import (build_model, inference_model, rng_states, set_rng_states,
                                      use_generator_rng, weighted_mse)
@@ -324,18 +316,18 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     # 6. Callbacks, in Horovod's order: broadcast, metric average, then those reading metrics.
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
     if size > 1:
-        callbacks.append(C.AverageBatchStatistics(
+        callbacks.append(cb.AverageBatchStatistics(
             lambda values: hvd_tf.grouped_allreduce(values, op=hvd_tf.Average)))
     callbacks.append(hvd.callbacks.MetricAverageCallback())
     if size > 1 and t.warmup_epochs > 0:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=scaled_lr, warmup_epochs=t.warmup_epochs, steps_per_epoch=batches.steps,
             momentum_correction=False))
-    timer, lr_used = C.EpochTimer(), C.EpochLearningRate(optimizer)
-    reduce_lr = C.ResumableReduceLR(restore=state.callbacks.get("reduce_lr"), monitor="val_loss",
+    timer, lr_used = cb.EpochTimer(), cb.EpochLearningRate(optimizer)
+    reduce_lr = cb.ResumableReduceLR(restore=state.callbacks.get("reduce_lr"), monitor="val_loss",
                                     factor=t.reduce_lr_factor, patience=t.reduce_lr_patience,
                                     min_lr=t.min_lr, verbose=0)
-    early = (C.ResumableEarlyStopping(restore=state.callbacks.get("early_stopping"),
+    early = (cb.ResumableEarlyStopping(restore=state.callbacks.get("early_stopping"),
                                       monitor="val_loss", patience=t.early_stopping_patience)
              if t.early_stopping_patience > 0 else None)
     recorder = Recorder(
@@ -350,8 +342,8 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     if root and t.tensorboard:
         callbacks.append(tf.keras.callbacks.TensorBoard(str(plan.files.logs), write_graph=False,
                                                         profile_batch=0))
-    callbacks += [C.EpochEnd(recorder.epoch_end),
-                  C.StopCheck(lambda: stop.requested, agree,
+    callbacks += [cb.EpochEnd(recorder.epoch_end),
+                  cb.StopCheck(lambda: stop.requested, agree,
                               every=1 if size == 1 else t.stop_check_steps,
                               last_epoch=plan.epochs)]
 
@@ -361,7 +353,7 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
             model.fit(train_ds, epochs=plan.epochs, initial_epoch=first_epoch,
                       steps_per_epoch=batches.steps, validation_data=val_ds,
                       callbacks=callbacks, verbose=0)
-        except C.Stopped:
+        except cb.Stopped:
             if root:
                 say(f"{plan.name}: stopped by {stop.signal or 'a signal on another rank'}; "
                     f"{state.epochs_done} whole epoch(s) saved in {plan.files.checkpoint}; "
@@ -402,7 +394,7 @@ def _agree(plan: JobPlan, problem: str | None, size: int, tf, hvd_tf) -> None:
 
 
 def _agree_finite(plan: JobPlan, x_train, x_val, size: int, tf, hvd_tf) -> None:
-    # A damaged shard must never be trained on: every rank checks its share.
+    # Shards are checked as they are read; this is the last guard before training.
     bad = int(not (np.isfinite(x_train).all() and np.isfinite(x_val).all()))
     if size > 1:
         bad = int(hvd_tf.allreduce(tf.constant(bad), op=hvd_tf.Sum, name="bad_input").numpy())

@@ -103,8 +103,8 @@ def test_other_settings_cannot_continue_a_job(single_run, train_data, tmp_path):
     proc = lenshpc("train", "--config", cfg, "--data", train_data, "--out", single_run[0],
                    "--job", JOB, "--epochs", "5")
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("was started with other settings (train.batch_size was "
-                                        "16, now 8); use another --out or remove that directory")
+    assert proc.stderr.strip().endswith("was started with other settings (train.batch_size: "
+                                        "16 -> 8); use another --out or remove that directory")
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
