@@ -47,6 +47,7 @@ from lenshpc.evaluate.kernels import (
     score_chunk,
     settings_text,
 )
+from lenshpc.io import raise_open_file_limit
 from lenshpc.lock import clear_done, exclusive, mark_done
 from lenshpc.parallel import World, split_evenly, world as get_world
 
@@ -327,6 +328,7 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
 
     Returns 0; raises the same UserError on every rank (see the module doc)."""
     world = world or get_world()
+    raise_open_file_limit()   # HDF5 and MPI may hold many files; lenshpc opens one shard at a time
     mc = cfg.evaluate.mc_samples if mc_samples is None else mc_samples
     if mc == 1 or mc < 0:
         raise UserError(f"--mc-samples {mc}: must be 0 (off) or at least 2")

@@ -49,15 +49,14 @@ def eval_data(eval_root, eval_cfg) -> Path:
     return simulate_dataset(eval_cfg, eval_root / "data")
 
 
-@pytest.fixture(scope="session")
-def eval_runs(eval_root, eval_cfg, eval_data) -> Path:
-    """Real `lenshpc train` runs (1 epoch), two at a time, plus an unfinished job."""
-    runs = eval_root / "runs"
+def train_runs(cfg: Path, data: Path, runs: Path) -> Path:
+    """Real `lenshpc train` runs (1 epoch) of the jobs in TRAINED, two at a time, plus an
+    unfinished job (model2 fold 1) and a missing one (model3 fold 1)."""
     pending = list(TRAINED)
     while pending:
         batch, pending = pending[:2], pending[2:]
-        procs = {j: subprocess.Popen([PYTHON, "-m", "lenshpc", "train", "--config", str(eval_cfg),
-                                      "--data", str(eval_data), "--out", str(runs), "--job", str(j)],
+        procs = {j: subprocess.Popen([PYTHON, "-m", "lenshpc", "train", "--config", str(cfg),
+                                      "--data", str(data), "--out", str(runs), "--job", str(j)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env())
                  for j in batch}
@@ -70,6 +69,11 @@ def eval_runs(eval_root, eval_cfg, eval_data) -> Path:
     (runs / "model2" / "fold-1").mkdir(parents=True)
     (runs / "model2" / "fold-1" / "run.json").write_text(json.dumps(run))
     return runs
+
+
+@pytest.fixture(scope="session")
+def eval_runs(eval_root, eval_cfg, eval_data) -> Path:
+    return train_runs(eval_cfg, eval_data, eval_root / "runs")
 
 
 @pytest.fixture(scope="session")
