@@ -20,6 +20,7 @@ Pure Python + numpy: no TensorFlow needed to read any of it.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -173,8 +174,11 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write ``checkpoint.npz`` atomically (temporary file, fsync, rename)."""
     arrays = {f"{g}_{i:04d}": w for g in _GROUPS for i, w in enumerate(getattr(ckpt, g))}
     arrays["state"] = np.array(ckpt.state.to_json())
+    # Built in memory, then written: a write error (full disk) leaves no half-closed zip.
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     with atomic_path(path, sync=True) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(buf.getbuffer())
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
