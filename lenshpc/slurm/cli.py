@@ -43,11 +43,23 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    import shutil
+
+    from lenshpc.slurm.check import require
     from lenshpc.slurm.submit import submit
     from lenshpc.slurm.workdir import Workdir
     cfg = load(args.config)
+    # Without sbatch there is nothing to ask; submit then says so in one line.
+    if not (args.dry_run or args.no_check) and shutil.which("sbatch"):
+        require(cfg, args.workdir.resolve())
     submit(cfg, Workdir(args.workdir.resolve()), dry_run=args.dry_run)
     return 0
+
+
+def _slurm_check(args: argparse.Namespace) -> int:
+    from lenshpc.slurm.check import check
+    cfg = load(args.config)
+    return 0 if check(cfg, args.workdir.resolve() if args.workdir else None) else 1
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -112,7 +124,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="study folder: W/dataset, W/runs, W/report, W/slurm")
         s.add_argument("--dry-run", action="store_true",
                        help="render and print the sbatch commands, submit nothing")
+        s.add_argument("--no-check", action="store_true",
+                       help="do not run `lenshpc slurm check` first")
         s.set_defaults(func=_submit)
+        c = sub.add_parser("check", help="pre-flight: does this Slurm accept the config?",
+                           description="Ask this cluster whether it accepts the config's "
+                           "slurm: section (partitions, GPUs, time limits, MPI plugin, "
+                           "account, QOS, file systems). A table of pass/warn/fail; exit 1 "
+                           "on any fail.")
+        c.add_argument("--config", required=True, type=Path, help="YAML config")
+        c.add_argument("--workdir", type=Path, help="the study folder to check as well")
+        c.set_defaults(func=_slurm_check)
         e = sub.add_parser("env", help="describe the Slurm job this runs in",
                            description="What the SLURM_* variables say about this job.")
         e.add_argument("--json", action="store_true", help="all fields as JSON")

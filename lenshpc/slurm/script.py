@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Mapping
 
 from lenshpc.config import Config
-from lenshpc.config.slurm import MpiJob
+from lenshpc.config.slurm import MpiJob, Slurm
 from lenshpc.config.train import jobs
 from lenshpc.parallel import EXIT_STOPPED
 
@@ -120,6 +120,19 @@ def _q(path: Path | str) -> str:
     return shlex.quote(str(path))
 
 
+#: Exported in every job unless ``slurm.environment`` sets it: HDF5's file locks fail or
+#: crawl on many Lustre and NFS mounts, and lenshpc never needs them (one writer per file).
+HDF5_LOCKING = "HDF5_USE_FILE_LOCKING=FALSE"
+
+
+def job_environment(s: Slurm) -> tuple[str, ...]:
+    """The NAME=VALUE pairs every job exports: ``slurm.environment``, with the HDF5
+    locking default merged in (never replaced by a user's list that does not name it)."""
+    name = HDF5_LOCKING.split("=")[0]
+    named = {a.partition("=")[0] for a in s.environment}
+    return s.environment if name in named else (HDF5_LOCKING, *s.environment)
+
+
 def _prologue(cfg: Config, setup: tuple[str, ...], launcher: str) -> list[str]:
     s = cfg.slurm
     lines = ["set -eo pipefail", ""]
@@ -128,7 +141,7 @@ def _prologue(cfg: Config, setup: tuple[str, ...], launcher: str) -> list[str]:
     lines.extend(s.setup or setup)
     # After the site's module and activation scripts, which often read unset variables.
     lines.append("set -u")
-    for assignment in s.environment:
+    for assignment in job_environment(s):
         name, _, value = assignment.partition("=")
         lines.append(f"export {name}={shlex.quote(value)}")
     if launcher in ("mpirun", "horovodrun"):

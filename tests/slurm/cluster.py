@@ -117,6 +117,8 @@ class OneNodeSlurm:
             f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={self.node} "
             f"CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
             "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+            # A partition with a time limit (the pre-flight check's MaxTime case).
+            "PartitionName=short Nodes=ALL Default=NO MaxTime=00:10:00 State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         key = b / "munge" / "munge.key"
@@ -152,7 +154,8 @@ class OneNodeSlurm:
             proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True,
                                   env=dict(os.environ, **self.env))
             state = proc.stdout.strip()
-            if state == "idle":
+            # One line per partition of the node.
+            if state and set(state.split()) == {"idle"}:
                 return
             time.sleep(1)
         logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}"
