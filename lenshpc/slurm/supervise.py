@@ -6,7 +6,7 @@ parent-death signal (so even a ``kill -9`` of ``lenshpc run`` does not leave it 
 
 Signals are passed to the *stage processes* (``python ... -m lenshpc STAGE``), not to the
 launcher: Open MPI's mpirun puts every rank in a process group of its own, answers
-``SIGTERM`` by killing the ranks about a second later, and horovodrun dies of ``SIGUSR1``;
+``SIGTERM`` by killing the ranks within about two seconds, and horovodrun dies of ``SIGUSR1``;
 a training rank given the signal itself stops at the next agreed step, saves, and
 exits 75, and then its launcher ends normally. ``SIGINT`` is passed on as ``SIGTERM``
 (the signal on which a training job stops cleanly); a second ``SIGINT`` or ``SIGTERM``

@@ -1,11 +1,13 @@
-"""On a real one-node Slurm: the debug pipeline through `lenshpc slurm submit`, and train
+"""On a real one-node Slurm: the debug pipeline through `lenshpc slurm submit`, train
 tasks that are requeued (by `scontrol requeue`, and by their own script after the
-time-limit warning) resuming from their checkpoints."""
+time-limit warning) resuming from their checkpoints, and the srun launch of a 2-rank
+train task (the tested multi-node path)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from lenshpc.config import load
 from lenshpc.config.train import jobs
-from tests.conftest import lenshpc, write_config
+from tests.conftest import lenshpc, mpirun, simulate_dataset, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -143,3 +145,61 @@ def test_requeued_train_tasks_resume_from_their_checkpoints(pipeline, slurm_clus
         assert f"slurm job {array}_{k} (debug-train), restart 1" in log, log
     usr1_log = (workdir / "slurm" / "logs" / f"debug-train-{array}_1.out").read_text()
     assert "SIGUSR1 received" in usr1_log and "requeueing it" in usr1_log
+
+
+def test_srun_train_task_requeued_after_time_limit_warning_resumes_exactly(slurm_cluster,
+                                                                           tmp_path):
+    """The multi-node path: a 2-rank train task launched by `srun --mpi=<plugin>` gets the
+    time-limit warning (USR1 to its batch shell), passes it on, exits 75, requeues itself
+    and resumes; the result is the one of an uninterrupted run, bit for bit."""
+    plugins = slurm_cluster.run("srun", "--mpi=list").stdout
+    mpi = next((p for p in ("pmix", "pmi2") if re.search(rf"^\s*{p}\b", plugins, re.M)), None)
+    if mpi is None:
+        pytest.fail(f"srun offers neither pmix nor pmi2:\n{plugins}")
+    epochs = 6
+    config = write_config(tmp_path / "srun.yaml", image={"size": 32, "pixel_scale": 0.15},
+                          dataset={"n_images": 240, "test_fraction": 0.1, "n_folds": 2,
+                                   "shard_size": 80},
+                          train={"batch_size": 16, "models": [{"name": "model3"}],
+                                 "epochs": epochs, "early_stopping_patience": 0,
+                                 "tensorboard": False},
+                          slurm={"srun_mpi": mpi,
+                                 "train": {"launcher": "srun", "ranks": 2,
+                                           "time": "00:15:00"}})
+    workdir = tmp_path / "w"
+    simulate_dataset(config, workdir / "dataset")
+    lenshpc("slurm", "render", "--config", config, "--out", workdir / "slurm",
+            "--workdir", workdir, check=True)
+    script = (workdir / "slurm" / "train.sbatch").read_text()
+    assert f"srun --mpi={mpi} python -m mpi4py -m lenshpc train" in script
+    array = slurm_cluster.run("sbatch", "--parsable", "--array=0",
+                              str(workdir / "slurm" / "train.sbatch")).stdout.strip()
+    run = workdir / "runs" / "model3" / "fold-0"
+
+    deadline = time.monotonic() + 600
+    while not (before := _history(run)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert before and not _finished(run), f"no checkpoint in time:\n{_logs(workdir)}"
+    slurm_cluster.run("scancel", "--batch", "--signal=USR1", f"{array}_0")
+    assert slurm_cluster.wait_empty(timeout=900), f"queue not empty:\n{_logs(workdir)}"
+
+    log = (workdir / "slurm" / "logs" / f"debug-train-{array}_0.out").read_text()
+    assert "SIGUSR1 received" in log and "stopped by SIGUSR1" in log, log
+    # Every rank exited 75 by itself (no MPI_Abort), and srun said so.
+    assert "Exited with exit code 75" in log and "MPI_ABORT" not in log, log
+    assert "requeueing it" in log and f"slurm job {array}_0 (debug-train), restart 1" in log, log
+    assert "resuming after epoch" in log, log
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] and info["epochs_done"] == epochs, log
+    assert [s["n_ranks"] for s in info["sessions"]] == [2, 2]
+    history = _history(run)
+    assert history[:len(before)] == before
+    assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
+
+    # The same job, uninterrupted, under mpirun: the same history and weights.
+    reference = tmp_path / "reference"
+    mpirun(2, "train", "--config", workdir / "slurm" / "config.yaml", "--data",
+           workdir / "dataset", "--out", reference, "--job", 0, timeout=900)
+    ref = reference / "model3" / "fold-0"
+    assert (run / "history.csv").read_text() == (ref / "history.csv").read_text()
+    assert info["weights_sha256"] == json.loads((ref / "run.json").read_text())["weights_sha256"]
