@@ -43,7 +43,6 @@ from lenshpc.evaluate.kernels import (
     mc_seed,
     plan_units,
     reference_images,
-    rerender,
     score_chunk,
     settings_text,
 )
@@ -51,8 +50,7 @@ from lenshpc.io import raise_open_file_limit
 from lenshpc.lock import clear_done, exclusive, mark_done
 from lenshpc.parallel import World, split_evenly, world as get_world
 
-#: Re-exported for report.py's figures until it imports them from kernels (issue 11).
-__all__ = ["Outcome", "evaluate", "reference_images", "rerender"]
+__all__ = ["Outcome", "evaluate"]
 
 
 def idle_barrier(world: World, poll_s: float = 0.01) -> None:

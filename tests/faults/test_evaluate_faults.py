@@ -7,6 +7,7 @@
   marker and, for runs without one, against the weights hash in run.json.
 - Killed after table1.csv, before report.md: the report's completion marker is absent;
   the rerun reuses the predictions and finishes the report.
+- A second evaluate into a REPORT being written: refused in one line naming the holder.
 - A read-only REPORT: exit 2 at once, before any prediction work.
 - A full disk (a real tmpfs filled while evaluate runs): one line naming the file, exit 2;
   after space is freed the rerun resumes.
@@ -195,6 +196,40 @@ def test_a_swapped_model_is_refused(tmp_path, eval_data, eval_runs, cfg_nofig, r
     assert not (tmp_path / "report" / "table1.csv").exists()
 
 
+# --------------------------------------------------------------------------- one writer
+
+
+def wait_for_line(proc: subprocess.Popen, text: str) -> None:
+    """Read ``proc``'s stdout until a line holds ``text``."""
+    line = proc.stdout.readline()
+    while line and text not in line:
+        line = proc.stdout.readline()
+    assert text in line, f"{text!r} never printed (exit {proc.poll()})"
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_a_second_evaluate_into_the_same_report_is_refused(tmp_path, eval_cfg, eval_data,
+                                                           eval_runs, cfg_nofig):
+    out = tmp_path / "report"
+    first = subprocess.Popen([PYTHON, "-m", "lenshpc", "evaluate", "--config", str(eval_cfg),
+                              "--data", str(eval_data), "--runs", str(eval_runs), "--out",
+                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env(), start_new_session=True)
+    try:
+        wait_for_line(first, "evaluating")   # it holds REPORT's lock from before this line
+        second = evaluate(cfg_nofig, eval_data, eval_runs, out, ranks=2)
+        one_line(second, f"report {out} is being written by pid {first.pid}")
+        assert first.poll() is None   # the refusal did not disturb the first run
+        _, stderr = first.communicate(timeout=TIMEOUT)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 0, stderr
+    tables_finite(out)
+
+
 # --------------------------------------------------------------------------- killed mid-report
 
 
@@ -311,10 +346,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(disk, eval_cfg, eval_data
                             env=env(), start_new_session=True)
     try:
         if when == "predicting":   # rank 0 says so before TensorFlow starts
-            line = proc.stdout.readline()
-            while line and "evaluating" not in line:
-                line = proc.stdout.readline()
-            assert "evaluating" in line
+            wait_for_line(proc, "evaluating")
         else:
             deadline = time.monotonic() + TIMEOUT
             while not (out / "figures").exists():
