@@ -10,6 +10,7 @@ predicate the stage itself uses. A file merely existing never means done.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,37 @@ PRODUCTS: dict[Stage, str] = {"simulate": "dataset", "train": "train", "evaluate
 
 
 def stage_done(stage: Stage, folder: Path) -> Done:
-    """Whether ``stage``'s product in ``folder`` is finished and intact (its marker)."""
+    """Whether ``stage``'s product in ``folder`` is finished and intact: the predicate the
+    stage itself uses (the dataset's also checks the shards its marker lists)."""
+    if stage == "simulate":
+        from lenshpc.simulate.dataset import dataset_done
+        return dataset_done(folder)
     return check_done(folder, PRODUCTS[stage])
+
+
+def _marker(folder: Path, stage: Stage) -> dict[str, Any]:
+    try:
+        return json.loads(marker_path(folder, PRODUCTS[stage]).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _report_inputs_match(wd: Workdir, grid: list, report_info: dict[str, Any]) -> bool | None:
+    """Whether the report was made from the dataset and models now finished, by what its
+    marker records (the dataset checksum, each job's model sha256); None if it records
+    neither."""
+    models, checksum = report_info.get("models"), report_info.get("dataset_checksum")
+    if not isinstance(models, dict) and checksum is None:
+        return None
+    if checksum is not None and checksum != (_marker(wd.dataset, "simulate").get("info") or
+                                             {}).get("checksum"):
+        return False
+    if isinstance(models, dict):
+        now = {j.path: ((_marker(wd.runs / j.path, "train").get("files") or {})
+                        .get("model.keras") or {}).get("sha256") for j in grid}
+        if models != now:
+            return False
+    return True
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
@@ -135,17 +165,22 @@ class Progress:
 
 def progress(cfg: Config, wd: Workdir) -> Progress:
     """What is done, by the completion markers (:func:`stage_done`): the dataset, each
-    training job, and the report, which is current when it is finished and its marker is
-    newer than the dataset's, every job's and ``W/config.yaml`` (whose ``evaluate:``
-    section may change between runs)."""
+    training job, and the report. The report is current when it is finished, was made
+    from the dataset and models finished now (as its marker records; else its marker is
+    newer than theirs), and is newer than ``W/config.yaml`` (whose ``evaluate:`` section
+    may change between runs)."""
     grid = jobs(cfg.train, cfg.dataset.n_folds)
     dataset = bool(stage_done("simulate", wd.dataset))
     finished = frozenset(j.index for j in grid if stage_done("train", wd.runs / j.path))
-    report = marker_path(wd.report, PRODUCTS["evaluate"])
-    inputs = [marker_path(wd.dataset, PRODUCTS["simulate"]), wd.config,
-              *(marker_path(wd.runs / j.path, PRODUCTS["train"]) for j in grid)]
-    report_current = (dataset and len(finished) == len(grid)
-                      and bool(stage_done("evaluate", wd.report))
-                      and all(report.stat().st_mtime >= p.stat().st_mtime
-                              for p in inputs if p.exists()))
-    return Progress(dataset, len(grid), finished, report_current)
+    report = stage_done("evaluate", wd.report)
+    current = dataset and len(finished) == len(grid) and bool(report)
+    if current:
+        stamp = marker_path(wd.report, PRODUCTS["evaluate"]).stat().st_mtime
+        inputs = [wd.config]
+        match = _report_inputs_match(wd, grid, report.info or {})
+        if match is None:
+            inputs += [marker_path(wd.dataset, PRODUCTS["simulate"]),
+                       *(marker_path(wd.runs / j.path, PRODUCTS["train"]) for j in grid)]
+        current = match is not False and all(stamp >= p.stat().st_mtime
+                                             for p in inputs if p.exists())
+    return Progress(dataset, len(grid), finished, current)

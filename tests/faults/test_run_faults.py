@@ -25,7 +25,8 @@ from lenshpc.config import load
 from lenshpc.config.train import jobs
 from lenshpc.lock import mark_done
 from lenshpc.slurm.workdir import Workdir, prepare, progress
-from tests.conftest import PYTHON, env, lenshpc, mpirun_cmd, require, write_config
+from tests.conftest import (PYTHON, env, lenshpc, mpirun_cmd, require, simulate_dataset,
+                            write_config)
 
 #: The train tests' small study (32x32 images, 240 of them, 2 folds), one model.
 SMALL = dict(image={"size": 32, "pixel_scale": 0.15},
@@ -159,8 +160,7 @@ def _marked_workdir(tmp_path: Path) -> tuple[object, Workdir]:
     cfg = load(config)
     wd = Workdir(tmp_path / "w")
     prepare(cfg, wd)
-    (wd.dataset / "dataset.h5").write_bytes(b"index")
-    mark_done(wd.dataset, "dataset", ["dataset.h5"])
+    simulate_dataset(config, wd.dataset)  # a real one, with simulate's own marker
     for job in jobs(cfg.train, cfg.dataset.n_folds):
         run = wd.runs / job.path
         run.mkdir(parents=True)
@@ -198,7 +198,7 @@ def test_a_job_whose_files_changed_after_its_marker_is_trained_again(tmp_path):
     assert progress(cfg, wd).unfinished == []
     (wd.runs / "model3" / "fold-1" / "model.keras").write_text("another job's model")
     assert progress(cfg, wd).unfinished == [1]
-    (wd.dataset / "dataset.h5").unlink()
+    next((wd.dataset / "shards").glob("shard-*.h5")).unlink()
     assert not progress(cfg, wd).dataset_complete
 
 
@@ -224,3 +224,25 @@ def test_agreed_user_error_under_mpirun_is_one_line_without_mpi_abort(tmp_path, 
     assert lines.count(line) == 1, proc.stderr
     if quiet:
         assert lines[-1] == line, proc.stderr
+
+
+def test_report_is_current_only_for_the_models_its_marker_names(tmp_path):
+    """The report's marker records the dataset checksum and each model's sha256: a job
+    trained again into another model makes the report stale, whatever the file times."""
+    config, wd = _marked_workdir(tmp_path)
+    cfg = load(config)
+    grid = jobs(cfg.train, cfg.dataset.n_folds)
+    marker = lambda folder, product: json.loads((folder / f"{product}.done.json").read_text())  # noqa: E731
+    models = {j.path: marker(wd.runs / j.path, "train")["files"]["model.keras"]["sha256"]
+              for j in grid}
+    checksum = marker(wd.dataset, "dataset")["info"]["checksum"]
+    (wd.report / "report.md").write_text("# report\n")
+    mark_done(wd.report, "report", ["report.md"],
+              info={"dataset_checksum": checksum, "models": models})
+    assert progress(cfg, wd).report_current
+    run = wd.runs / grid[1].path
+    (run / "model.keras").write_text("trained again")
+    mark_done(run, "train", ["model.keras", "run.json", "history.csv"])
+    report_marker = wd.report / "report.done.json"
+    os.utime(report_marker, (2e10, 2e10))  # newer than everything: times do not decide
+    assert not progress(cfg, wd).report_current

@@ -59,6 +59,15 @@ VARIANTS = {
 }
 
 
+def mark_dataset_done(folder: Path) -> None:
+    """A stand-in for a finished dataset: an index and one shard under the marker simulate
+    writes (lenshpc.simulate.dataset.dataset_done checks both)."""
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    (folder / "shards" / "shard-00000.h5").write_bytes(b"shard")
+    (folder / "dataset.h5").write_bytes(b"index")
+    mark_done(folder, "dataset", ["dataset.h5"], info={"shards": {"shard-00000.h5": 5}})
+
+
 def _check_golden(path: Path, text: str) -> None:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +176,7 @@ def test_submit_dry_run_shows_the_chain_and_resubmits_only_what_is_missing(tmp_p
 
     # The dataset is complete and jobs 0, 1 and 4 finished (their markers say so; a run.json
     # saying "finished" is not enough): only the rest is trained.
-    (w / "dataset" / "dataset.h5").write_bytes(b"")
-    mark_done(w / "dataset", "dataset", ["dataset.h5"])
+    mark_dataset_done(w / "dataset")
     cfg = load(cfg_path)
     from lenshpc.config.train import jobs
     for job in jobs(cfg.train, cfg.dataset.n_folds):
@@ -202,8 +210,7 @@ def test_progress_report_is_current_only_when_newer_than_every_run(tmp_path):
     cfg = _config("debug")
     wd = Workdir(tmp_path / "w")
     prepare(cfg, wd)
-    (wd.dataset / "dataset.h5").write_bytes(b"")
-    mark_done(wd.dataset, "dataset", ["dataset.h5"])
+    mark_dataset_done(wd.dataset)
     from lenshpc.config.train import jobs
     grid = jobs(cfg.train, cfg.dataset.n_folds)
     for job in grid:
