@@ -246,3 +246,14 @@ def test_report_is_current_only_for_the_models_its_marker_names(tmp_path):
     report_marker = wd.report / "report.done.json"
     os.utime(report_marker, (2e10, 2e10))  # newer than everything: times do not decide
     assert not progress(cfg, wd).report_current
+
+
+def test_only_the_stage_processes_are_signalled_not_their_launchers():
+    from lenshpc.slurm.supervise import is_stage_process
+    py = "/venv/bin/python"
+    assert is_stage_process([py, "-m", "mpi4py", "-m", "lenshpc", "train", "--job", "0"])
+    assert is_stage_process([py, "-m", "lenshpc", "simulate"])
+    assert not is_stage_process(["mpirun", "-n", "2", py, "-m", "mpi4py", "-m", "lenshpc"])
+    assert not is_stage_process([py, "/venv/bin/horovodrun", "-np", "2", py, "-m", "lenshpc"])
+    assert not is_stage_process(["/bin/sh", "-c", f"{py} -m lenshpc train"])
+    assert not is_stage_process(["srun", "--mpi=pmix", py, "-m", "lenshpc"])
