@@ -55,9 +55,24 @@ def with_n_images(cfg: Config, n_images: int | None) -> Config:
 
 
 def dataset_part(cfg: Config) -> dict[str, Any]:
-    """The plain data of the sections that define a dataset's content."""
+    """The plain data of the sections that define a dataset's content (see
+    :func:`canonical_part`)."""
     plain = to_plain(cfg)
-    return {k: plain[k] for k in DATASET_SECTIONS}
+    return canonical_part({k: plain[k] for k in DATASET_SECTIONS})
+
+
+def canonical_part(part: dict[str, Any]) -> dict[str, Any]:
+    """``part`` (plain dataset-defining sections) without the keys that do not change the
+    content as set (the adaptive threshold in full supersampling), nor the keys added after
+    datasets were first made while they hold the value that reproduces those datasets: a
+    dataset made before they existed keeps its fingerprint (it resumes, and a rerun finds
+    it complete)."""
+    part = dict(part)
+    image = part.get("image")
+    if isinstance(image, dict) and image.get("supersampling_mode", "full") == "full":
+        part["image"] = {k: v for k, v in image.items()
+                         if k not in ("supersampling_mode", "adaptive_threshold")}
+    return part
 
 
 def fingerprint(cfg: Config, catalogue_sha256: str | None) -> str:
@@ -178,7 +193,7 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
                 return Plan(error=f"--out {out} holds a damaged dataset (unreadable {STATE} or "
                                   f"{io.CONFIG}); use --overwrite to replace it")
             if state.get("fingerprint") != fp:
-                old_part = {k: (old or {}).get(k) for k in DATASET_SECTIONS}
+                old_part = canonical_part({k: (old or {}).get(k) for k in DATASET_SECTIONS})
                 diff = first_difference(old_part, dataset_part(cfg)) or "the catalogue file changed"
                 return Plan(error=f"--out {out} holds a dataset made from a different config "
                                   f"({diff}); use --overwrite to replace it")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,69 @@ def test_noise_comes_from_the_items_generator():
     assert a.max() == 1.0
     # background sigma is 5% of the noise-free maximum: the residual has that scale
     assert 0.02 < np.std(a - clean) < 0.1
+
+
+# --------------------------------------------------------------------------- adaptive mode
+
+#: The stated bound of adaptive supersampling: |adaptive - full| of the normalised image
+#: (maximum 1), at the default threshold (docs/performance.md, image.supersampling_mode).
+ADAPTIVE_BOUND = 1e-4
+
+
+def test_adaptive_choosing_every_pixel_is_full_supersampling():
+    """With a threshold that chooses every pixel, adaptive mode is full mode: the subpixels
+    it gathers per pixel are lenstronomy's, binned the same way."""
+    from lenshpc.config import loads
+    from lenshpc.simulate import population as pop
+    for image in (Image(size=40, supersampling=3), Image(size=33, supersampling=4, psf="gaussian")):
+        full = Renderer(image)
+        every = Renderer(replace(image, supersampling_mode="adaptive", adaptive_threshold=1e-300))
+        truth, _ = pop.sample(loads(None).population, 5, range(6))
+        for row in truth:
+            kl, ks, kll = truth_to_kwargs(TRUTH_NAMES, row)
+            ref = full.model_image(kl, ks, kll)
+            np.testing.assert_allclose(every.model_image(kl, ks, kll), ref, rtol=1e-12,
+                                       atol=1e-14 * ref.max())
+            assert every.last_supersampled == image.size ** 2
+
+
+@pytest.mark.parametrize("image", [
+    Image(size=112, supersampling=3),
+    Image(size=112, supersampling=3, psf="gaussian", psf_fwhm=0.15, background_rms=0.01,
+          exposure_time=1000.0),
+    Image(size=64, supersampling=2, psf="gaussian", psf_fwhm=0.3),
+    Image(size=45, supersampling=4, pixel_scale=0.1),
+], ids=["paper", "paper-psf-noise", "64-ss2-psf", "45-ss4-odd"])
+def test_adaptive_supersampling_within_its_bound_over_the_population(image):
+    """300 systems of the default population (the paper's): every pixel of the adaptive
+    image within ADAPTIVE_BOUND of full supersampling (with noise configured, the
+    noise-free part, which is what adaptive mode changes), and fewer pixels supersampled."""
+    from lenshpc.config import loads
+    from lenshpc.simulate import population as pop
+    full = Renderer(image)
+    adaptive = Renderer(replace(image, supersampling_mode="adaptive"))
+    truth, _ = pop.sample(loads(None).population, 23, range(300))
+    worst, chosen = 0.0, 0
+    for row in truth:
+        a = full.render_truth(TRUTH_NAMES, row).astype(np.float64)
+        b = adaptive.render_truth(TRUTH_NAMES, row).astype(np.float64)
+        assert b.max() == 1.0
+        worst = max(worst, float(np.abs(a - b).max()))
+        chosen += adaptive.last_supersampled
+    assert worst <= ADAPTIVE_BOUND, worst
+    assert chosen < 0.75 * len(truth) * image.size ** 2
+
+
+def test_adaptive_noise_uses_the_same_draws():
+    image = Image(size=48, supersampling=3, background_rms=0.02, exposure_time=500.0)
+    full, adaptive = Renderer(image), Renderer(replace(image, supersampling_mode="adaptive"))
+    a = full.render(LENS, SOURCE, LENS_LIGHT, rng=np.random.default_rng([4, 5]))
+    b = adaptive.render(LENS, SOURCE, LENS_LIGHT, rng=np.random.default_rng([4, 5]))
+    assert np.abs(a - b).max() < 1e-3  # same noise: only the model part differs
+
+
+def test_adaptive_without_supersampling_is_the_plain_render():
+    image = Image(size=32)
+    np.testing.assert_array_equal(Renderer(replace(image, supersampling_mode="adaptive"))
+                                  .render(LENS, SOURCE, LENS_LIGHT),
+                                  Renderer(image).render(LENS, SOURCE, LENS_LIGHT))
