@@ -14,8 +14,10 @@ def register(subparsers) -> None:
         "test system from its predicted theta_E, e1, e2 and score it (MSE, PSNR), then write "
         "predictions.h5, metrics.csv, psnr.csv, table1.{csv,md,tex}, figures/ and report.md "
         "into REPORT. Run under MPI as `mpirun -n N python -m mpi4py -m lenshpc evaluate ...`; "
-        "results do not depend on N. Jobs already evaluated for the same model file and "
-        "dataset are reused.")
+        "results do not depend on N. Jobs already evaluated for the same model file, dataset "
+        "and settings are reused. Inputs are checked first: a missing or damaged shard, a "
+        "model file that is not the one train finished, or a REPORT that cannot be written "
+        "is one line and exit 2. REPORT/report.done.json, written last, lists every product.")
     p.add_argument("--config", required=True, metavar="CFG", help="YAML config file")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="dataset directory (lenshpc simulate)")

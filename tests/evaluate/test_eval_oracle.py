@@ -20,7 +20,7 @@ import pytest
 
 from lenshpc.config import from_yaml_text, load
 from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import kernels, report, run, store
+from lenshpc.evaluate import kernels, report, run, store, tables
 from lenshpc.simulate.render import Renderer
 from tests.conftest import lenshpc, write_config
 
@@ -53,15 +53,18 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
     assert np.all(entry["mse"] == 0) and np.all(np.isinf(entry["psnr"]))
     assert not entry["clamped"].any()
 
-    for row in report.job_metrics_rows("oracle/fold-0", entry):
-        for name in ("mae", "bias", "median_bias", "sigma", "nmad", "rel_err_median", "rel_err_p90"):
+    for row in tables.job_metrics_rows("oracle/fold-0", entry):
+        for name in ("mae", "bias", "median_bias", "sigma", "nmad", "rel_err_median", "rel_err_p90",
+                     "test_loss"):
             assert row[name] == 0.0, (row["parameter"], name)
         assert row["r2"] == 1.0
-    p = report.psnr_row("oracle/fold-0", entry)
+    p = tables.psnr_row("oracle/fold-0", entry)
     assert p["psnr_median"] == math.inf and math.isnan(p["psnr_mean"]) and math.isnan(p["mse_mean"])
     assert p["n_inf"] == p["n"] == len(ds.test_index)
-    summary = report.job_summary(entry)
-    assert summary["loss"] == 0.0 and summary["mae"] == 0.0 and summary["psnr_median"] == math.inf
+    summary = tables.job_summary(entry, history=None)
+    assert summary["test_wmse_phys"] == 0.0 and summary["psnr_median"] == math.inf
+    assert all(summary[f"r2_{p}"] == 1.0 and summary[f"rel_err_median_{p}"] == 0.0 for p in TARGETS)
+    assert math.isnan(summary["val_loss_min"])          # no history.csv: no curve minima
 
     # A second oracle fold and a slightly wrong model beside it, through the whole report.
     rng = np.random.default_rng(0)
@@ -87,7 +90,7 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
 
     with open(out / "table1.csv", newline="") as f:
         t1 = {r["model"]: r for r in csv.DictReader(f)}
-    assert t1["oracle"]["psnr_median_mean"] == "inf" and t1["oracle"]["loss_mean"] == "0.0"
+    assert t1["oracle"]["psnr_median_mean"] == "inf" and t1["oracle"]["test_wmse_phys_mean"] == "0.0"
     assert all(float(t1["oracle"][f"r2_{p}_mean"]) == 1.0 for p in TARGETS)
     assert math.isfinite(float(t1["offset"]["psnr_median_mean"]))
     md = (out / "table1.md").read_text()
