@@ -97,6 +97,26 @@ class Train:
                                             "call into TensorFlow; per-batch Python work (the "
                                             "stop check) runs once per call (null: 1 on CPU, "
                                             "32 on GPU).")
+    precision: Literal["float32", "mixed_float16"] = param(
+        "float32", doc="Arithmetic of the training step. mixed_float16: layers compute in "
+        "float16 with float32 weights, the output layers and the loss stay float32, and the "
+        "loss is scaled dynamically (Keras' LossScaleOptimizer around Horovod's); fast on "
+        "GPUs with tensor cores, slow on CPUs.")
+    jit_compile: bool | None = param(None, doc="Compile the training step with XLA (null: on "
+                                     "for a GPU, off for the CPU). With several ranks it "
+                                     "needs Horovod's XLA operations (GPU only).")
+    input: Literal["auto", "memory", "stream"] = param(
+        "auto", doc="How a rank reads its share of the fold. memory: read it whole before "
+        "training; stream: read its shards during training through a shuffle buffer "
+        "(memory holds the buffer, not the share); auto: memory when the shares of the "
+        "node's ranks fit in train.memory_fraction of the node's memory, else stream.")
+    memory_fraction: float = param(0.5, gt=0, le=1, doc="Fraction of the node's memory (or of "
+                                   "a lower cgroup or address-space limit) that the ranks' "
+                                   "in-memory shares may take in train.input: auto.")
+    shuffle_buffer: int = param(4096, ge=1, le=10_000_000, doc="Items in a streaming rank's "
+                                "shuffle buffer (train.input: stream).")
+    stream_shards: int = param(4, ge=1, le=1024, doc="Shards a streaming rank reads at a time, "
+                               "interleaved item block by item block (train.input: stream).")
     keep: Literal["best", "last"] = param("best", doc="Which epoch's weights model.keras holds: "
                                           "the lowest val_loss (best, as the study scores) or the "
                                           "last epoch trained.")

@@ -1,6 +1,6 @@
 """``lenshpc train``: train one job of the grid (dropout model x fold), Horovod-parallel.
 
-    lenshpc train --config CFG --data DIR --out RUNS --job J [--epochs E]
+    lenshpc train --config CFG --data DIR --out RUNS --job J [--epochs E] [--device D]
     lenshpc train --config CFG --data DIR --out RUNS --model NAME --fold K [--epochs E]
     lenshpc train --config CFG --list-jobs
 
@@ -13,6 +13,7 @@ finished), 2 bad input, 75 stopped by SIGTERM/SIGUSR1 after saving the last whol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from lenshpc.config import Config, UserError, load
 from lenshpc.config.train import Job, jobs
@@ -31,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--fold", type=int, metavar="K", help="validation fold (with --model)")
     p.add_argument("--epochs", type=int, metavar="E",
                    help="train until this many epochs are done (default: train.epochs)")
+    p.add_argument("--device", choices=("auto", "gpu", "cpu"),
+                   help="override train.device (the Slurm script passes gpu when the config "
+                        "asks for GPUs)")
     p.add_argument("--list-jobs", action="store_true", help="print the job table and exit")
     p.set_defaults(func=main)
 
@@ -61,7 +65,7 @@ def job_table(cfg: Config) -> str:
     rows += [(str(j.index), j.model.name, str(j.fold), f"{j.model.p1:g}", f"{j.model.p2:g}")
              for j in jobs(cfg.train, cfg.dataset.n_folds)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,6 +77,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise UserError("--data DIR and --out RUNS are required (or --list-jobs)")
+    if args.device is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
     job = select_job(cfg, args.job, args.model, args.fold)
     from lenshpc.train.run import StopRequest, plan_job, run_job
     # Catch Slurm's warning signals from the start; the loop acts on them between steps.
