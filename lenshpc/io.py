@@ -4,7 +4,8 @@ This module owns the on-disk format of a dataset; every reader and writer goes t
 Layout of a dataset directory DIR::
 
     DIR/config.yaml              resolved config of the run (written first)
-    DIR/shards/shard-NNNNN.h5    items [k*shard_size, (k+1)*shard_size): images, labels, truth
+    DIR/shards/shard-NNNNN.h5    items [k*m, (k+1)*m): images, labels, truth (m items per
+                                 shard, from dataset.shard_mb or shard_size)
     DIR/dataset.h5               the index, written after every shard (format 2):
                                    labels, truth, split   ordinary datasets (N, ...)
                                    shards/{name,start,n,checksum,bytes}   the shard table
@@ -93,6 +94,47 @@ def atomic_write_text(path: Path, text: str, *, sync: bool = False) -> None:
 ARRAYS = {"images": np.float32, "labels": np.float32, "truth": np.float64}
 
 
+#: ``dataset.compression`` -> h5py dataset keywords of the images (see :func:`_filters`).
+COMPRESSIONS = ("none", "gzip", "lzf", "zstd", "blosc")
+#: Options whose HDF5 filter comes from the hdf5plugin package: a reader must import it.
+PLUGIN_COMPRESSIONS = ("zstd", "blosc")
+
+
+def h5py_module():
+    """h5py, with hdf5plugin's filters (zstd, blosc) registered when it is installed, so
+    every reader of lenshpc can read images of every ``dataset.compression``."""
+    import h5py
+    try:
+        import hdf5plugin  # noqa: F401  (registers the filters with HDF5)
+    except ImportError:
+        pass
+    return h5py
+
+
+def _filters(compression: str) -> dict[str, Any]:
+    """h5py ``create_dataset`` keywords of a compression option.
+
+    The byte-shuffle filter goes before gzip, lzf and zstd: it groups the float32 images'
+    exponent bytes, which compress, apart from their mantissa bytes, which hardly do;
+    blosc shuffles inside its own filter. Levels: gzip 4 (h5py's default), zstd 3, blosc
+    lz4 at 5: fast enough that writing stays a small share of simulate."""
+    if compression == "none":
+        return {}
+    if compression in ("gzip", "lzf"):
+        return {"compression": compression, "shuffle": True}
+    try:
+        import hdf5plugin
+    except ImportError:
+        raise _user_error(f"dataset.compression {compression} needs the hdf5plugin package "
+                          f"(pip install hdf5plugin), or choose gzip or lzf") from None
+    if compression == "zstd":
+        return {**hdf5plugin.Zstd(clevel=3), "shuffle": True}
+    if compression == "blosc":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ValueError(f"unknown compression {compression!r}; expected one of "
+                     f"{', '.join(COMPRESSIONS)}")
+
+
 def shard_name(k: int) -> str:
     """File name of shard ``k``: ``shard-NNNNN.h5``."""
     return f"shard-{k:05d}.h5"
@@ -133,9 +175,9 @@ def write_shard(path: Path, start: int, images: np.ndarray, labels: np.ndarray,
 
     ``start`` is the global index of the shard's first item; ``attrs`` (e.g. the config
     fingerprint) are stored as root attributes beside ``start``, ``n`` and ``checksum``."""
-    import h5py
+    h5py = h5py_module()
     digest = checksum(images, labels, truth)
-    comp = {} if compression == "none" else {"compression": compression}
+    comp = _filters(compression)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         n = len(images)
         f.create_dataset("images", data=np.asarray(images, np.float32),
@@ -181,7 +223,7 @@ def shard_info(path: Path) -> ShardInfo | None:
 
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, labels, truth) of one shard file."""
-    import h5py
+    h5py = h5py_module()
     with h5py.File(path, "r") as f:
         return f["images"][...], f["labels"][...], f["truth"][...]
 
@@ -415,7 +457,7 @@ def read_items(index: DatasetIndex, items: Sequence[int] | np.ndarray, *,
     contiguous slabs of at most ``block_bytes``. ``out`` (n, H, W), if given, receives
     the images. UserError naming the shard if one is missing, truncated, unreadable,
     not the one the index lists, or holds non-finite pixels."""
-    import h5py
+    h5py = h5py_module()
     items = np.asarray(items, dtype=np.int64).reshape(-1)
     h, w = index.image_shape
     images = np.empty((len(items), h, w), np.float32) if out is None else out
@@ -527,14 +569,20 @@ SHARD_OVERHEAD = 16 << 10
 INDEX_PER_SHARD, INDEX_OVERHEAD = 512, 64 << 10
 
 
+def item_bytes(image_shape: tuple[int, int], n_labels: int, n_truth: int) -> int:
+    """Bytes of one item in a shard, uncompressed: a float32 image, float32 labels and
+    float64 truth."""
+    h, w = image_shape
+    return h * w * 4 + n_labels * 4 + n_truth * 8
+
+
 def estimate_bytes(n_items: int, image_shape: tuple[int, int], n_labels: int, n_truth: int,
                    shard_size: int) -> tuple[int, int]:
     """(shard bytes, index bytes) of an uncompressed dataset: an upper bound of what the
     shards and ``dataset.h5`` occupy on disk. Pure arithmetic: instant for any ``n_items``."""
     n_shards = -(-n_items // shard_size)
-    h, w = image_shape
     small = n_labels * 4 + n_truth * 8
-    shards = n_items * (h * w * 4 + small) + n_shards * SHARD_OVERHEAD
+    shards = n_items * item_bytes(image_shape, n_labels, n_truth) + n_shards * SHARD_OVERHEAD
     index = n_items * (small + 1) + n_shards * INDEX_PER_SHARD + INDEX_OVERHEAD
     return shards, index
 

@@ -209,10 +209,34 @@ class Dataset:
     test_fraction: float = param(0.0837216608, ge=0, lt=1,
                                  doc="Fraction held out as test set (paper: 6,396 of 76,396).")
     n_folds: int = param(4, ge=2, le=100, doc="Cross-validation folds over the non-test items.")
-    shard_size: int = param(200, ge=1, le=100_000, doc="Items per shard file: the unit of work and of "
-                            "resume. Shards are dealt round-robin to ranks, so several per rank "
-                            "balance the load.")
-    compression: Literal["none", "gzip", "lzf"] = param("none", doc="HDF5 compression of images.")
+    shard_mb: float = param(256.0, ge=0.001, le=1e6, unit="MB",
+                            doc="Largest size of a shard file (10^6 bytes of images, labels and "
+                            "truth, before compression): 10^7 paper images (112x112) make about "
+                            "2,000 files. The shard is the unit of work and of resume; ranks "
+                            "take shards round-robin.")
+    min_shards: int = param(64, ge=1, le=10**6,
+                            doc="Fewest shards of a dataset with at least that many images "
+                            "(smaller shards than shard_mb allows), so the shards balance the "
+                            "load of that many ranks: e.g. 76,396 paper images make 64 shards of "
+                            "about 60 MB rather than 15 of 256 MB.")
+    shard_size: int | None = param(None, ge=1, le=100_000,
+                                   doc="Items per shard file, instead of shard_mb and min_shards "
+                                   "(kept for configs written before them; null: sized in "
+                                   "bytes).")
+    compression: Literal["none", "gzip", "lzf", "zstd", "blosc"] = param(
+        "none", doc="HDF5 compression of the images, with the byte-shuffle filter (gzip, lzf, "
+        "zstd; blosc shuffles itself). gzip and lzf are read by any h5py; zstd and blosc need "
+        "the hdf5plugin package imported (lenshpc does; others: import hdf5plugin). Sizes and "
+        "speeds: docs/performance.md.")
+
+    def items_per_shard(self, item_bytes: int) -> int:
+        """Items per shard file for items of ``item_bytes`` bytes each (uncompressed):
+        ``shard_size`` if given, else as many as fit in ``shard_mb`` but no more than
+        ``ceil(n_images / min_shards)``; at least 1."""
+        if self.shard_size is not None:
+            return self.shard_size
+        by_bytes = int(self.shard_mb * 1e6 // max(1, item_bytes))
+        return max(1, min(by_bytes, -(-self.n_images // self.min_shards)))
 
     @property
     def n_test(self) -> int:

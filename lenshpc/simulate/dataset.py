@@ -13,11 +13,24 @@ import numpy as np
 import yaml
 
 from lenshpc import io, lock
-from lenshpc.config import UserError, from_yaml_text
+from lenshpc.config import Config, UserError, from_yaml_text
 from lenshpc.parallel import World
+from lenshpc.simulate.population import LABEL_NAMES
+from lenshpc.simulate.render import TRUTH_NAMES
 
 #: Name of the dataset's completion marker (``DIR/dataset.done.json``).
 PRODUCT = "dataset"
+
+
+def item_bytes(cfg: Config) -> int:
+    """Bytes of one item of ``cfg``'s dataset, uncompressed (image, labels, truth)."""
+    return io.item_bytes((cfg.image.size, cfg.image.size), len(LABEL_NAMES), len(TRUTH_NAMES))
+
+
+def shard_ranges(cfg: Config) -> list[range]:
+    """Item ranges of the shards of ``cfg``'s dataset (dataset.shard_mb and min_shards, or
+    the older shard_size): a function of the config alone, never of the number of ranks."""
+    return io.shard_ranges(cfg.dataset.n_images, cfg.dataset.items_per_shard(item_bytes(cfg)))
 
 
 def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
@@ -57,7 +70,7 @@ def _incomplete(root: Path) -> dict[str, Any]:
         cfg = from_yaml_text((root / io.CONFIG).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{root}: unreadable {io.CONFIG}: {exc}") from None
-    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    ranges = shard_ranges(cfg)
     done = [k for k in range(len(ranges)) if io.shard_info(io.shard_path(root, k))]
     return {"path": str(root), "complete": False, "n_images": cfg.dataset.n_images,
             "images_done": sum(len(ranges[k]) for k in done),
@@ -160,4 +173,4 @@ def verify(root: Path, world: World | None = None) -> tuple[list[str], str]:
     return problems, summary
 
 
-__all__ = ["PRODUCT", "dataset_done", "info", "info_text", "verify"]
+__all__ = ["PRODUCT", "dataset_done", "info", "info_text", "item_bytes", "shard_ranges", "verify"]

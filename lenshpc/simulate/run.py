@@ -1,6 +1,7 @@
 """The simulate driver: shards of items rendered by MPI ranks into a dataset directory.
 
-Work unit: shard k = items [k*shard_size, (k+1)*shard_size), independent of the number of
+Work unit: shard k, a block of consecutive items whose size comes from the config alone
+(``dataset.shard_mb`` and ``min_shards``, or ``shard_size``), never from the number of
 ranks. Rank 0 takes the folder's lock (one writer per dataset, held for the whole run),
 inspects the directory (config identity, free space, shards already complete) and
 broadcasts its verdict and the shards left to do; they are dealt round-robin to the
@@ -31,7 +32,7 @@ from lenshpc import __version__, io, lock
 from lenshpc.config import Config, UserError, loads, to_plain
 from lenshpc.parallel import Progress, World
 from lenshpc.simulate import population as pop
-from lenshpc.simulate.dataset import PRODUCT, dataset_done
+from lenshpc.simulate.dataset import PRODUCT, dataset_done, shard_ranges
 from lenshpc.simulate.render import TRUTH_NAMES, Renderer
 
 #: The config sections that define a dataset's content (the rest do not change it).
@@ -72,6 +73,9 @@ def canonical_part(part: dict[str, Any]) -> dict[str, Any]:
     if isinstance(image, dict) and image.get("supersampling_mode", "full") == "full":
         part["image"] = {k: v for k, v in image.items()
                          if k not in ("supersampling_mode", "adaptive_threshold")}
+    dataset = part.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("shard_size") is not None:
+        part["dataset"] = {k: v for k, v in dataset.items() if k not in ("shard_mb", "min_shards")}
     return part
 
 
@@ -154,8 +158,7 @@ def space_problem(out: Path, cfg: Config) -> str | None:
     Uncompressed, images are counted in full; compressed, only what never compresses
     (labels, truth, the index), and a full disk later is met by the disk-full handling."""
     d = cfg.dataset
-    shards, index = io.estimate_bytes(d.n_images, (cfg.image.size, cfg.image.size),
-                                      len(pop.LABEL_NAMES), len(TRUTH_NAMES), d.shard_size)
+    shards, index = _estimate(cfg)
     if d.compression != "none":
         shards = d.n_images * (len(pop.LABEL_NAMES) * 4 + len(TRUTH_NAMES) * 8)
     need = shards + index
@@ -221,7 +224,7 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
             stale.unlink(missing_ok=True)
     except OSError as exc:
         return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
-    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    ranges = shard_ranges(cfg)
     todo, done = [], []
     for k, r in enumerate(ranges):
         info = io.shard_info(io.shard_path(out, k))
@@ -334,7 +337,7 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     summary: dict[str, Any] = {"complete_before": the_plan.complete, "n_images": cfg.dataset.n_images}
     if the_plan.complete:
         return summary
-    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    ranges = shard_ranges(cfg)
     redo = shards_to_redo(out, the_plan.done, world) if the_plan.done else []
     todo = sorted((*the_plan.todo, *redo))
     mine = todo[world.rank::world.size]
@@ -409,9 +412,8 @@ class DiskFull:
 
 
 def _estimate(cfg: Config) -> tuple[int, int]:
-    d = cfg.dataset
-    return io.estimate_bytes(d.n_images, (cfg.image.size, cfg.image.size),
-                             len(pop.LABEL_NAMES), len(TRUTH_NAMES), d.shard_size)
+    return io.estimate_bytes(cfg.dataset.n_images, (cfg.image.size, cfg.image.size),
+                             len(pop.LABEL_NAMES), len(TRUTH_NAMES), len(shard_ranges(cfg)[0]))
 
 
 def _shard_bytes(cfg: Config, n: int) -> int:
@@ -443,14 +445,14 @@ def write_dataset_index(out: Path, cfg: Config, fp: str | None = None) -> str:
     by size); returns the dataset checksum. With ``fp``, every shard must carry that
     config fingerprint."""
     import lenstronomy
-    ranges = io.shard_ranges(cfg.dataset.n_images, cfg.dataset.shard_size)
+    ranges = shard_ranges(cfg)
     d = cfg.dataset
     split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds)
     attrs = {"image_size": cfg.image.size, "pixel_scale": cfg.image.pixel_scale,
              "supersampling_factor": cfg.image.supersampling, "seed": cfg.seed,
              "config": cfg.to_yaml_text(), "lenshpc_version": __version__,
              "lenstronomy_version": lenstronomy.__version__, "n_folds": d.n_folds,
-             "n_test": d.n_test, "n_images": d.n_images, "shard_size": d.shard_size}
+             "n_test": d.n_test, "n_images": d.n_images, "shard_size": len(ranges[0])}
     digest = io.write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
                             shard_ranges_=ranges, split=split, label_names=pop.LABEL_NAMES,
                             truth_names=TRUTH_NAMES, attrs=attrs,
