@@ -63,6 +63,9 @@ model.save(d / "model.keras")
 shutil.copytree(d, d.parent / "fold-1")
 run = json.loads((d / "run.json").read_text())
 (d.parent / "fold-1" / "run.json").write_text(json.dumps({**run, "fold": 1, "job": 1}))
+from lenshpc.lock import mark_done
+for folder in (d, d.parent / "fold-1"):
+    mark_done(folder, "train", ["model.keras", "run.json"])
 '''
 
 

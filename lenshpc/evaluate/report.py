@@ -50,17 +50,25 @@ def typical_system(entry: Mapping[str, Any]) -> int:
 
 
 def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skipped,
-              runs_dir: Path, data_dir: Path, mc_samples: int, outcome) -> None:
-    """Every product of REPORT from predictions.h5: tables, figures, report.md."""
+              runs_dir: Path, data_dir: Path, mc_samples: int, outcome) -> list[Path]:
+    """Every product of REPORT from predictions.h5: tables, figures, report.md. Returns
+    the files written (for the completion marker); figures of an earlier report that
+    this one does not draw are removed."""
+    written: list[Path] = []
+
+    def write(name: str, text: str) -> None:
+        store.write_text(out_dir / name, text)
+        written.append(out_dir / name)
+
     preds = store.read_predictions(out_dir / store.PREDICTIONS)
     keys = [j.key for j in jobs if j.key in preds]
     preds = {k: preds[k] for k in keys}
 
     floor = cfg.evaluate.rel_err_floor
     metric_rows = [r for k in keys for r in job_metrics_rows(k, preds[k], floor)]
-    store.write_text(out_dir / "metrics.csv", csv_text(metric_rows, METRICS_CSV_COLUMNS))
+    write("metrics.csv", csv_text(metric_rows, METRICS_CSV_COLUMNS))
     p_rows = [psnr_row(k, preds[k]) for k in keys]
-    store.write_text(out_dir / "psnr.csv", csv_text(p_rows, PSNR_COLUMNS))
+    write("psnr.csv", csv_text(p_rows, PSNR_COLUMNS))
 
     directories = {j.key: j.directory for j in jobs}
     summaries = {k: job_summary(preds[k], read_history(directories[k] / "history.csv"), floor)
@@ -68,24 +76,31 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     t1 = table1_rows(summaries)
     caption = (f"{cfg.name}: Table 1, mean +- standard deviation over folds "
                f"({len(ds.test_index)} test systems).")
-    store.write_text(out_dir / "table1.csv", table1_csv(t1))
-    store.write_text(out_dir / "table1.md", table1_markdown(t1))
-    store.write_text(out_dir / "table1.tex", table1_latex(t1, caption))
+    write("table1.csv", table1_csv(t1))
+    write("table1.md", table1_markdown(t1))
+    write("table1.tex", table1_latex(t1, caption))
 
     mc = bool(mc_samples) and all("pred_std" in preds[k] for k in keys)
     cov_rows = [r for k in keys for r in coverage_rows(k, preds[k])] if mc else []
     if mc:
-        store.write_text(out_dir / "coverage.csv", csv_text(cov_rows, COVERAGE_COLUMNS))
+        write("coverage.csv", csv_text(cov_rows, COVERAGE_COLUMNS))
     else:
         (out_dir / "coverage.csv").unlink(missing_ok=True)
 
-    figs = make_figures(out_dir / "figures", preds=preds, jobs=jobs, ds=ds, ds_cfg=ds_cfg,
+    fig_dir = out_dir / "figures"
+    figs = make_figures(fig_dir, preds=preds, jobs=jobs, ds=ds, ds_cfg=ds_cfg,
                         cfg=cfg, mc=mc) if cfg.evaluate.figures else []
+    drawn = {fig_dir / f"{name}.{ext}" for name, _ in figs for ext in ("png", "pdf")}
+    for old in fig_dir.glob("fig*.*") if fig_dir.is_dir() else []:
+        if old not in drawn:
+            old.unlink()
+    written += sorted(drawn)
     text = report_markdown(cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=skipped, preds=preds,
                            table1=t1, p_rows=p_rows, metric_rows=metric_rows, cov_rows=cov_rows,
                            figs=figs, runs_dir=runs_dir, data_dir=data_dir, mc_samples=mc_samples,
                            outcome=outcome)
-    store.write_text(out_dir / "report.md", text)
+    write("report.md", text)
+    return written
 
 
 def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, cfg,

@@ -309,10 +309,10 @@ def _write(plan: Plan, chunks: dict, outcome: Outcome, *, cfg: Config, ds_cfg: C
         return
     from lenshpc.evaluate import report
     try:
-        report.write_all(out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=plan.jobs,
-                         skipped=plan.skipped, runs_dir=Path(runs), data_dir=Path(data),
-                         mc_samples=mc, outcome=outcome)
-        products = store.report_products(out_dir)   # what write_all wrote, and predictions.h5
+        products = report.write_all(
+            out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=plan.jobs, skipped=plan.skipped,
+            runs_dir=Path(runs), data_dir=Path(data), mc_samples=mc, outcome=outcome)
+        products.append(pred_path)
         mark_done(out_dir, store.REPORT_PRODUCT, products, info={
             "dataset_checksum": ds.checksum, "settings": plan.settings,
             "models": {k: v["model_checksum"] for k, v in plan.idents.items()}})
