@@ -30,6 +30,7 @@ from lenshpc.config import UserError, load
 from lenshpc.simulate.dataset import dataset_done
 from lenshpc.train import data as D
 from tests.conftest import PYTHON, env, lenshpc, mpirun_cmd, require, write_config
+from tests.faults.disk import fill, small_disk
 
 #: Low enough that a read through the virtual dataset of 600 shards runs out of files.
 NOFILE = 256
@@ -329,32 +330,8 @@ def test_an_interrupted_overwrite_leaves_no_marker(small, tmp_path):
 @pytest.fixture
 def disk(tmp_path) -> Path:
     """A real 2 MB file system (tmpfs), unmounted afterwards."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'not permitted'})")
-    try:
+    with small_disk(tmp_path / "disk", "2M") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(mnt: Path) -> Path:
-    """Fill ``mnt`` up to its last page; return the filler file."""
-    filler = mnt / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for block in (1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * block)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-    return filler
 
 
 #: About 1.2 MB of dataset: fits the 2 MB disk, which a filler then takes away.
@@ -379,7 +356,7 @@ def test_disk_full_while_shards_are_written_then_resume(disk, reference):
                            env=env(LENSHPC_TEST_SLOW_SHARD="0.3"), start_new_session=True)
     try:
         _wait_for(lambda: list((out / "shards").glob("shard-*.h5")), "a first shard", run)
-        filler = _fill(disk)
+        filler = fill(disk)
         stdout, stderr = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
@@ -409,7 +386,7 @@ def test_disk_full_while_the_index_is_written_then_resume(disk, reference):
     try:
         # the hook pauses after the last shard too: the disk fills before the index
         _wait_for(lambda: len(list((out / "shards").glob("shard-*.h5"))) == 12, "12 shards", run)
-        filler = _fill(disk)
+        filler = fill(disk)
         stdout, stderr = run.communicate(timeout=120)
     finally:
         if run.poll() is None:

@@ -35,6 +35,7 @@ import pytest
 from lenshpc.lock import check_done
 from tests.conftest import PYTHON, env, mpirun_cmd, require, simulate_dataset
 from tests.evaluate.conftest import eval_config, train_runs
+from tests.faults.disk import fill, small_disk
 
 TIMEOUT = 600
 EVALUATED = ("model1/fold-0", "model1/fold-1", "model2/fold-0", "model3/fold-0")
@@ -305,33 +306,8 @@ def test_a_read_only_out_fails_at_once(tmp_path, eval_data, eval_runs, cfg_nofig
 @pytest.fixture
 def disk(tmp_path) -> Path:
     """A real 32 MB file system (tmpfs), unmounted afterwards."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32M", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'not permitted'})")
-    try:
+    with small_disk(tmp_path / "disk", "32M") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(mnt: Path) -> Path:
-    """Fill ``mnt`` up to its last byte; return the filler file."""
-    filler = mnt / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for size in (1 << 20, 1 << 12, 1):
-            block = b"\0" * size
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.mark.timeout(3 * TIMEOUT)
@@ -352,7 +328,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(disk, eval_cfg, eval_data
             while not (out / "figures").exists():
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.01)
-        filler = _fill(disk)
+        filler = fill(disk)
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:

@@ -3,39 +3,31 @@ after space is freed the same command resumes from the last whole epoch."""
 
 from __future__ import annotations
 
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import lenshpc
-from tests.train.conftest import train_cfg, train_data, train_root  # noqa: F401 (fixtures)
+from tests.faults.disk import resize, small_disk
 from tests.train.train_util import history_rows, run_json, train_config
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def disk(tmp_path):
+    with small_disk(tmp_path / "disk", "160k") as mnt:
+        yield mnt
 
 
-def test_full_disk_is_one_line_and_a_rerun_resumes(train_data, small_disk, tmp_path):
+def test_full_disk_is_one_line_and_a_rerun_resumes(train_data, disk, tmp_path):
     cfg = train_config(tmp_path / "c.yaml", epochs=2, tensorboard=False)
-    runs = small_disk / "runs"
+    runs = disk / "runs"
     proc = lenshpc("train", "--config", cfg, "--data", train_data, "--out", runs, "--job", 4)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "disk full writing" in lines[0], proc.stderr
     assert "run the same command to resume" in lines[0]
     assert not list(Path(runs).rglob(".*tmp*")), "temporary files left on the full disk"
-    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    resize(disk, "8m")
     again = lenshpc("train", "--config", cfg, "--data", train_data, "--out", runs, "--job", 4)
     assert again.returncode == 0, again.stderr
     assert run_json(runs, "model3/fold-0")["finished"] is True
