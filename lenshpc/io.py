@@ -153,9 +153,9 @@ def checksum(images: np.ndarray, labels: np.ndarray, truth: np.ndarray) -> str:
     """sha256 (hex) of the bytes of one shard's arrays, in their stored dtypes, C order."""
     h = hashlib.sha256()
     for arr, dtype in zip((images, labels, truth), ARRAYS.values(), strict=True):
-        a = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
+        a: np.ndarray = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<"))
         h.update(str(a.shape).encode())
-        h.update(memoryview(a).cast("B"))  # the array's own buffer: no copy
+        h.update(a.data.cast("B"))  # the array's own buffer: no copy
     return h.hexdigest()
 
 

@@ -14,6 +14,7 @@ distributions. Formats:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"catalogue {path}: not a CSV table of numbers: {exc}") from None
     if table.dtype.names is None:
         raise UserError(f"catalogue {path}: no header line of column names")
-    return {name: np.asarray(table[name], np.float64) for name in table.dtype.names}
+    columns: Any = table  # a structured array, indexed by column name
+    return {name: np.asarray(columns[name], np.float64) for name in table.dtype.names}
 
 
 def _read_hdf5(path: Path) -> dict[str, np.ndarray]:

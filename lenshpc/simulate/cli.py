@@ -60,7 +60,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         raise UserError(f"--n-images: {args.n_images} must be at least 1")
     cfg = with_n_images(cfg, args.n_images)
     catalogue = catalogue_sha = None
-    if cfg.population.kind == "catalogue":
+    if cfg.population.kind == "catalogue" and cfg.population.catalogue:  # validated: given
         from lenshpc.io import file_sha256
         from lenshpc.simulate.catalogue import read_catalogue
         catalogue = read_catalogue(cfg.population.catalogue, cfg.population, cfg.dataset.n_images)

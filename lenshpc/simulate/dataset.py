@@ -107,7 +107,8 @@ def info(root: Path) -> dict[str, Any]:
             "pixel_scale": float(attrs["pixel_scale"]),
             "supersampling_factor": int(attrs["supersampling_factor"]), "seed": int(attrs["seed"]),
             "labels": list(index.label_names), "label_ranges": ranges(index.labels, index.label_names),
-            "truth": list(index.truth_names), "truth_ranges": ranges(index.truth, index.truth_names),
+            "truth": list(index.truth_names),
+            "truth_ranges": {} if index.truth is None else ranges(index.truth, index.truth_names),
             "n_folds": index.n_folds, "fold_sizes": folds, "n_test": int(np.sum(split == -1)),
             "checksum": index.checksum, "lenshpc_version": str(attrs["lenshpc_version"]),
             "lenstronomy_version": str(attrs["lenstronomy_version"])}

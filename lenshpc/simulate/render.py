@@ -11,10 +11,18 @@ name (:data:`TRUTH_NAMES`), the lenstronomy keyword arguments of the components
 absolute centres in arcsec.
 
 Two engines compute the same image. ``lenstronomy`` calls ``ImageModel.image``.
-``fused`` (the default, about 2-3x faster) evaluates lenstronomy's SIE deflection and
-both SERSIC_ELLIPSE profiles in one compiled loop over the (supersampled) grid that
-lenstronomy built, then lets lenstronomy's own numerics bin the subpixels and apply the
-PSF; ``tests/simulate/test_sim_render.py`` holds it equal to ``ImageModel`` to 1e-12.
+``fused`` (the default) evaluates lenstronomy's SIE deflection and both SERSIC_ELLIPSE
+profiles on the (supersampled) grid that lenstronomy built, in passes that vectorise
+(:func:`lensed_flux`: about 15-20 ns per point against lenstronomy's 70-150), then lets
+lenstronomy's own numerics bin the subpixels and apply the PSF;
+``tests/simulate/test_sim_render.py`` holds it equal to ``ImageModel`` to 1e-10.
+
+``image.supersampling_mode: adaptive`` (fused engine) evaluates every pixel centre, then
+supersamples only the pixels :func:`needs_supersampling` chooses (where the image varies
+on sub-pixel scales: the ring, the lens centre); the others keep their centre value.
+Its difference from full supersampling is at most 1e-4 of the normalised image at the
+default threshold (held over the population by the same tests), for about a tenth of the
+points at the paper config.
 """
 
 from __future__ import annotations
@@ -41,15 +49,15 @@ KWARGS = {
 TRUTH_NAMES: tuple[str, ...] = tuple(f"{c}.{k}" for c, ks in KWARGS.items() for k in ks)
 
 
-def truth_to_kwargs(names: Sequence[str], row: Sequence[float]) -> tuple[list[dict], list[dict], list[dict]]:
+def truth_to_kwargs(names: Sequence[str | bytes], row: Sequence[float]) -> tuple[list[dict], list[dict], list[dict]]:
     """Split one truth row into lenstronomy keyword lists.
 
     ``names`` are ``<component>.<kwarg>`` strings (bytes are accepted, as h5py may return
     them), ``row`` the matching floats (arcsec for radii and centres). Returns
     ``(kwargs_lens, kwargs_source, kwargs_lens_light)``, each a list of one dict."""
     parts: dict[str, dict[str, float]] = {c: {} for c in KWARGS}
-    for name, value in zip(names, row, strict=True):
-        name = name.decode() if isinstance(name, bytes) else str(name)
+    for raw, value in zip(names, row, strict=True):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
         component, _, kwarg = name.partition(".")
         if component not in parts or kwarg not in KWARGS[component]:
             raise ValueError(f"unknown truth column {name!r}; expected one of {', '.join(TRUTH_NAMES)}")

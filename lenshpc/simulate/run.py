@@ -274,7 +274,7 @@ class _Reporter:
 
     def __call__(self, n: int = 1) -> None:
         self.pending += n
-        if self.world.is_root:
+        if self.progress is not None:  # rank 0
             self.progress.advance(self.pending)
             self.pending = 0
             self.drain(block=False)
@@ -300,7 +300,8 @@ class _Reporter:
                 time.sleep(0.02)
                 continue
             n, final = comm.recv(tag=PROGRESS_TAG)
-            self.progress.advance(n)
+            if self.progress is not None:
+                self.progress.advance(n)
             if final is not None:
                 self.finished += 1
                 self.times.append(final)
@@ -380,7 +381,8 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
         return summary
     own_time = time.perf_counter() - t0
     report.drain(block=True)
-    bar.close()
+    if bar is not None:
+        bar.close()
     fulls = [f for f in (full, *(t[2] for t in report.times)) if f is not None]
     if fulls:
         _, index_bytes = _estimate(cfg)
