@@ -105,7 +105,8 @@ def info(root: Path) -> dict[str, Any]:
             "not_finished_because": done.reason,
             "n_images": index.n_items, "image_shape": [h, w], "shards": len(index.shards),
             "pixel_scale": float(attrs["pixel_scale"]),
-            "supersampling_factor": int(attrs["supersampling_factor"]), "seed": int(attrs["seed"]),
+            "supersampling_factor": int(attrs["supersampling_factor"]),
+            "supersampling_mode": str(attrs.get("supersampling_mode", "full")), "seed": int(attrs["seed"]),
             "labels": list(index.label_names), "label_ranges": ranges(index.labels, index.label_names),
             "truth": list(index.truth_names),
             "truth_ranges": {} if index.truth is None else ranges(index.truth, index.truth_names),
@@ -129,7 +130,8 @@ def info_text(d: dict[str, Any]) -> str:
             f"simulate command to finish it, or lenshpc dataset verify")
     lines = [head,
              f"  images    {d['n_images']} of {h} x {w} pixels in {d['shards']} shards, "
-             f"{d['pixel_scale']} arcsec/pixel, supersampling {d['supersampling_factor']}",
+             f"{d['pixel_scale']} arcsec/pixel, supersampling {d['supersampling_factor']}"
+             + (f" ({d['supersampling_mode']})" if d["supersampling_mode"] != "full" else ""),
              f"  split     {d['n_folds']} folds of {', '.join(map(str, d['fold_sizes'].values()))}; "
              f"{d['n_test']} test",
              "  labels    " + ", ".join(f"{k} {lo:.3g}..{hi:.3g}" for k, (lo, hi) in d["label_ranges"].items()),

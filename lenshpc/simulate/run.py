@@ -451,7 +451,8 @@ def write_dataset_index(out: Path, cfg: Config, fp: str | None = None) -> str:
     d = cfg.dataset
     split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds)
     attrs = {"image_size": cfg.image.size, "pixel_scale": cfg.image.pixel_scale,
-             "supersampling_factor": cfg.image.supersampling, "seed": cfg.seed,
+             "supersampling_factor": cfg.image.supersampling,
+             "supersampling_mode": cfg.image.supersampling_mode, "seed": cfg.seed,
              "config": cfg.to_yaml_text(), "lenshpc_version": __version__,
              "lenstronomy_version": lenstronomy.__version__, "n_folds": d.n_folds,
              "n_test": d.n_test, "n_images": d.n_images, "shard_size": len(ranges[0])}

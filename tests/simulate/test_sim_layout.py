@@ -131,3 +131,14 @@ def test_compressed_dataset_end_to_end(tmp_path):
     index = io.read_index(out)
     images = io.read_items(index, np.arange(12))
     assert np.all(images.reshape(12, -1).max(axis=1) == 1.0)
+
+
+def test_adaptive_dataset_says_so(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", image={"size": 16, "supersampling": 3,
+                                                   "supersampling_mode": "adaptive"},
+                       dataset={"n_images": 6, "shard_size": 3, "n_folds": 2, "test_fraction": 0.2})
+    out = tmp_path / "ds"
+    lenshpc("simulate", "--config", cfg, "--out", out, check=True)
+    assert io.read_index(out).attrs["supersampling_mode"] == "adaptive"
+    info = lenshpc("dataset", "info", out, check=True).stdout
+    assert "supersampling 3 (adaptive)" in info
