@@ -37,7 +37,8 @@ class AverageBatchStatistics(tf.keras.callbacks.Callback):
     def _sync(self) -> None:
         variables = self.model.non_trainable_weights
         if variables:
-            for v, value in zip(variables, self._allreduce([v.value() for v in variables])):
+            for v, value in zip(variables, self._allreduce([v.value() for v in variables]),
+                                strict=True):
                 v.assign(value)
 
     def on_test_begin(self, logs=None):
@@ -47,7 +48,7 @@ class AverageBatchStatistics(tf.keras.callbacks.Callback):
         self._sync()
 
 
-class _Resumable:
+class _Resumable(tf.keras.callbacks.Callback):
     """Counters of a Keras callback that survive a restart: restored after the
     callback's own reset at the start of ``fit``."""
 

@@ -157,16 +157,27 @@ class TrainBatches:
     def steps(self) -> int:
         return max(1, math.ceil(self.n_use / self.batch_size))
 
-    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def epoch_positions(self, epoch: int) -> Iterator[np.ndarray]:
+        """Positions into this rank's arrays of each batch of epoch ``epoch``."""
         order = epoch_order(self.seed, self.fold, epoch, self.n_items, self.items)[:self.n_use]
         for start in range(0, self.n_use, self.batch_size):
-            take = np.sort(order[start:start + self.batch_size])
+            yield np.sort(order[start:start + self.batch_size])
+
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for take in self.epoch_positions(epoch):
             yield self.images[take], self.labels[take]
 
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         epoch = self.first_epoch
         while True:
             yield from self.epoch(epoch)
+            epoch += 1
+
+    def positions(self) -> Iterator[np.ndarray]:
+        """Batch positions, epoch after epoch (for a share held on the device)."""
+        epoch = self.first_epoch
+        while True:
+            yield from self.epoch_positions(epoch)
             epoch += 1
 
 
@@ -181,13 +192,44 @@ class EvalBatches:
             yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
 
 
-def tf_dataset(batches, image_shape: tuple[int, int], prefetch: int):
+def tf_dataset(batches, image_shape: tuple[int, int], prefetch: int, device: str | None = None,
+               n_batches: int | None = None):
     """A ``tf.data.Dataset`` over a batch generator: arrays are handed over per batch
-    (no graph constants), prepared ``prefetch`` batches ahead of the step."""
+    (no graph constants), prepared ``prefetch`` batches ahead of the step; with
+    ``device`` (e.g. ``/gpu:0``) the batches are also copied there ahead of the step.
+    ``n_batches``: the length of one pass of a finite generator (validation), so Keras
+    starts a new pass for every evaluation whatever ``steps_per_execution``."""
     import tensorflow as tf
     h, w = image_shape
     spec = (tf.TensorSpec((None, h, w, 1), tf.float32), tf.TensorSpec((None, len(TARGETS)), tf.float32))
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    if n_batches is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+    ds = ds.with_options(_options())
+    if device is None:
+        return ds.prefetch(prefetch)
+    return ds.apply(tf.data.experimental.prefetch_to_device(device, buffer_size=prefetch))
+
+
+def tf_resident_dataset(batches: TrainBatches, device: str, prefetch: int):
+    """The training batches of a share held in the memory of ``device`` (``/gpu:0``; any
+    device works, ``/cpu:0`` in the tests): images and labels are copied there once,
+    each step only receives the batch's positions and gathers its items on the device.
+    The same batches as :func:`tf_dataset` over ``batches``."""
+    import tensorflow as tf
+    with tf.device(device):
+        images = tf.identity(tf.convert_to_tensor(batches.images))
+        labels = tf.identity(tf.convert_to_tensor(batches.labels))
+    ds = tf.data.Dataset.from_generator(batches.positions,
+                                        output_signature=tf.TensorSpec((None,), tf.int64))
+    ds = ds.with_options(_options()).apply(tf.data.experimental.copy_to_device(device))
+    with tf.device(device):
+        ds = ds.map(lambda take: (tf.gather(images, take), tf.gather(labels, take)))
+        return ds.prefetch(prefetch)
+
+
+def _options():
+    import tensorflow as tf
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(prefetch)
+    return options

@@ -29,7 +29,8 @@ def _conv(x, filters: int, kernel: int, stride: int, network: Network, name: str
 
 
 def build_model(network: Network, dropout: DropoutModel, image_size: int,
-                target_mean: Sequence[float], target_std: Sequence[float]) -> tf.keras.Model:
+                target_mean: Sequence[float] | np.ndarray,
+                target_std: Sequence[float] | np.ndarray) -> tf.keras.Model:
     """The network for (N, size, size, 1) float32 images -> (N, 4) physical theta_E, q, e1, e2.
 
     ``target_mean``/``target_std`` (4 values, physical units) are the training fold's
@@ -49,13 +50,21 @@ def build_model(network: Network, dropout: DropoutModel, image_size: int,
     x = L.Dropout(dropout.p1, name="dropout1")(x)
     x = L.Dense(n.dense2, activation="relu", name="dense2")(x)
     x = L.Dropout(dropout.p2, name="dropout2")(x)
-    standardised = L.Dense(len(TARGETS), name="standardised")(x)
+    # The output layers compute in float32 in any precision (mixed_float16 included).
+    standardised = L.Dense(len(TARGETS), dtype="float32", name="standardised")(x)
     physical = L.Rescaling(scale=[float(s) for s in target_std],
-                           offset=[float(m) for m in target_mean], name="to_physical")(standardised)
+                           offset=[float(m) for m in target_mean], dtype="float32",
+                           name="to_physical")(standardised)
     return tf.keras.Model(images, physical, name=f"alexnet_{dropout.name}")
 
 
-def weighted_mse(weights: Sequence[float], target_std: Sequence[float]):
+def set_precision(precision: str) -> None:
+    """Keras' global precision policy for the layers built from now on: ``float32`` or
+    ``mixed_float16`` (float16 arithmetic, float32 weights)."""
+    tf.keras.mixed_precision.set_global_policy(precision)
+
+
+def weighted_mse(weights: Sequence[float], target_std: Sequence[float] | np.ndarray):
     """Loss of METHOD.md: mean over the batch of sum_j w_j (y_j - yhat_j)^2, with y and
     yhat standardised (divided by the training fold's std; the means cancel)."""
     w = tf.constant(np.asarray(weights, np.float32))
@@ -111,5 +120,5 @@ def set_rng_states(model: tf.keras.Model, states: list[np.ndarray]) -> None:
     gens = _generators(model)
     if len(gens) != len(states):
         raise ValueError(f"{len(states)} saved generator states for {len(gens)} random layers")
-    for g, s in zip(gens, states):
+    for g, s in zip(gens, states, strict=True):
         g.state.assign(s)

@@ -22,8 +22,14 @@ from lenshpc import __version__
 from lenshpc.config.train import TARGETS
 from lenshpc.io import atomic_path, file_sha256
 from lenshpc.lock import mark_done
-from lenshpc.train.state import (Checkpoint, TrainState, history_text, save_checkpoint,
-                                 write_json, write_text_atomic)
+from lenshpc.train.state import (
+    Checkpoint,
+    TrainState,
+    history_text,
+    save_checkpoint,
+    write_json,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lenshpc.train.run import JobPlan
@@ -61,17 +67,19 @@ class Recorder:
     ``model``/``optimizer`` are the compiled Keras objects; ``lr_of_epoch()`` and
     ``callback_states()`` read the learning rate an epoch ran with and the resumable
     callbacks' counters; ``timer.times()`` the epoch's seconds; ``rng_states()`` the
-    dropout generators' states."""
+    dropout generators' states; ``optimizer_state()`` the optimizer's weights (by default
+    ``optimizer.get_weights()``; in mixed precision also the loss scale)."""
 
     def __init__(self, plan: "JobPlan", state: TrainState, *, model, optimizer, scaled_lr: float,
                  n_ranks: int, root: bool, images_per_epoch: int, best_weights, timer,
-                 lr_of_epoch, callback_states, rng_states) -> None:
+                 lr_of_epoch, callback_states, rng_states, optimizer_state=None) -> None:
         self.plan, self.state, self.model, self.optimizer = plan, state, model, optimizer
         self.scaled_lr, self.n_ranks, self.root = scaled_lr, n_ranks, root
         self.images_per_epoch = images_per_epoch
         self.best_weights = best_weights
         self.timer, self.lr_of_epoch = timer, lr_of_epoch
         self.callback_states, self.rng_states = callback_states, rng_states
+        self.optimizer_state = optimizer_state or optimizer.get_weights
         self.started = plan.started
 
     @property
@@ -108,13 +116,13 @@ class Recorder:
         # the wall time of all its sessions.
         saved = TrainState(**{**vars(st), "wall_time_before_s": self.wall_time_s})
         save_checkpoint(files.checkpoint,
-                        Checkpoint(self.model.get_weights(), self.optimizer.get_weights(),
+                        Checkpoint(self.model.get_weights(), self.optimizer_state(),
                                    list(self.best_weights or []), self.rng_states(), saved))
         self.write_products(False)
-        best = st.best["epoch"] if st.best else "-"
+        best_epoch = f"{st.best['epoch']:.0f}" if st.best else "-"
         print(f"epoch {epoch + 1}/{plan.epochs}  loss {row['loss']:.4g}  val_loss "
               f"{row['val_loss']:.4g}  mae {row['mae']:.4g}  val_mae {row['val_mae']:.4g}  "
-              f"lr {row['lr']:.3g}  best {best}  "
+              f"lr {row['lr']:.3g}  best {best_epoch}  "
               f"{self.images_per_epoch / times['epoch_s']:.0f} img/s", flush=True)
 
     def write_products(self, finished: bool, extra: dict[str, Any] | None = None) -> None:

@@ -33,8 +33,14 @@ from lenshpc.config.schema import first_difference, to_plain
 from lenshpc.config.train import Job
 from lenshpc.lock import check_done, clear_done, exclusive
 from lenshpc.train import data
-from lenshpc.train.state import (Checkpoint, CheckpointError, JobFiles, TrainState,
-                                 load_checkpoint, read_json)
+from lenshpc.train.state import (
+    Checkpoint,
+    CheckpointError,
+    JobFiles,
+    TrainState,
+    load_checkpoint,
+    read_json,
+)
 
 EXIT_FINISHED = 0
 #: Stopped by a signal after saving the last whole epoch; run the same command to resume.
@@ -75,6 +81,8 @@ def resume_key(cfg: Config, job: Job, dataset_checksum: str) -> dict[str, Any]:
         "train.reduce_lr_patience": t.reduce_lr_patience,
         "train.min_lr": t.min_lr,
         "train.keep": t.keep,
+        # In mixed precision the loss scale is part of the optimizer's state.
+        "train.precision": t.precision,
     }
 
 
@@ -151,7 +159,10 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
                         f"{files.root} to start the job again")
     if plan.checkpoint is not None:
         state = plan.checkpoint.state
-        diff = first_difference(state.key, key)
+        started = dict(state.key)
+        # Job folders started before train.precision existed trained in float32.
+        started.setdefault("train.precision", "float32")
+        diff = first_difference(started, key)
         if diff:
             raise UserError(f"{files.root} was started with other settings ({diff}); use "
                             f"another --out or remove that directory")
@@ -197,10 +208,15 @@ class StopRequest:
 # --------------------------------------------------------------------------- Horovod edge
 
 
-def _init_horovod(threads_per_rank: int | None, device: str = "auto"):
+def _init_horovod(threads_per_rank: int | None, device: str = "auto",
+                  jit_compile: bool | None = None):
     """hvd.init(); the device checked and pinned by local rank; CPU threads shared by the
-    node's ranks. Returns (tf, hvd, this rank's device record)."""
+    node's ranks. Returns (tf, hvd, this rank's device record, a problem or None)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if jit_compile is not False and device != "cpu":
+        # Horovod's allreduce inside an XLA-compiled step needs its XLA operations (GPU
+        # only), switched on before Horovod loads them.
+        os.environ.setdefault("HOROVOD_ENABLE_XLA_OPS", "1")
     import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
@@ -217,12 +233,15 @@ def _init_horovod(threads_per_rank: int | None, device: str = "auto"):
         problem = None
     except UserError as exc:
         kind, problem = "cpu", str(exc)
+    memory = None
     if kind == "gpu":
-        gpu = gpus[hvd.local_rank() % len(gpus)]
+        index = hvd.local_rank() % len(gpus)
+        gpu = gpus[index]
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
         details = tf.config.experimental.get_device_details(gpu)
         name = details.get("device_name", gpu.name)
+        memory = _gpu_memory_bytes(index)
     else:
         if gpus:
             tf.config.set_visible_devices([], "GPU")
@@ -235,87 +254,183 @@ def _init_horovod(threads_per_rank: int | None, device: str = "auto"):
     tf.config.threading.set_intra_op_parallelism_threads(threads_per_rank)
     tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads_per_rank)))
     record = {"rank": hvd.rank(), "host": os.uname().nodename, "device": kind, "name": name,
-              "tf_built_with_cuda": built_cuda, "threads": threads_per_rank}
+              "tf_built_with_cuda": built_cuda, "threads": threads_per_rank,
+              "memory_bytes": memory}
     return tf, hvd, record, problem
+
+
+def _gpu_memory_bytes(index: int) -> int | None:
+    """Total memory of the process' GPU ``index`` (as CUDA_VISIBLE_DEVICES numbers it),
+    from nvidia-smi; None when it cannot be asked."""
+    import subprocess
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    which = visible[index] if index < len(visible) and visible[index].strip() else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,"
+                              "nounits", "-i", which], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        return int(float(out.split()[0]) * 2**20)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def memory_limit_bytes() -> int:
+    """The memory this process may use: the node's physical memory, or a lower cgroup
+    (v2 memory.max, v1 memory.limit_in_bytes) or address-space (ulimit -v) limit."""
+    import resource
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append(int(soft))
+    return min(limits)
 
 
 # --------------------------------------------------------------------------- the job
 
 
-def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
-    """Train the planned job; 0 when finished, 75 when stopped by a signal (resumable)."""
-    if plan.finished_note and plan.refusal is None:
-        if _launcher_rank() == 0:
-            say(plan.finished_note)
-        return EXIT_FINISHED
-    stop = stop or StopRequest().install()
-    cfg, job, t = plan.cfg, plan.job, plan.cfg.train
+@dataclass
+class Inputs:
+    """A rank's training and validation datasets and how they were made."""
 
-    # 1. Horovod, device, and one verdict on the plan for all ranks.
-    tf, hvd, device, problem = _init_horovod(t.threads_per_rank, t.device)
-    import horovod.tensorflow as hvd_tf
-    rank, size = hvd.rank(), hvd.size()
-    root = rank == 0
-    _agree(plan, problem, size, tf, hvd_tf)
-    plan.devices = hvd_tf.allgather_object(device, name="devices") if size > 1 else [device]
-    if root:
-        clear_done(plan.files.root, JobFiles.PRODUCT)
+    train: Any
+    val: Any
+    steps: int
+    mode: str                  # memory or stream
+    placement: str             # host, device (held on the GPU) or prefetch (to the GPU)
+    reason: str
+    val_ids: np.ndarray
+    sample: np.ndarray         # validation images whose predictions run.json records
 
-    # 2. Data: this rank's share of the fold, in memory.
-    ckpt = plan.checkpoint
-    first_epoch = ckpt.state.epochs_done if ckpt else 0
-    block = t.read_block_mb << 20
+
+def _inputs(plan: JobPlan, rank: int, size: int, local_size: int, device: dict[str, Any],
+            first_epoch: int, tf, hvd_tf) -> Inputs:
+    """This rank's share of the fold as tf.data datasets, in memory or streamed
+    (train.input), and on a GPU held there or prefetched to it."""
+    from lenshpc.train import stream
+    from lenshpc.train.device import choose_input, place_share
+    cfg, t = plan.cfg, plan.cfg.train
     train_ids = data.rank_share(plan.train_items, rank, size)
     val_ids = data.rank_share(plan.val_items, rank, size)
+    h, w = plan.dataset.image_shape
+    share_bytes = (len(train_ids) + len(val_ids)) * h * w * 4
+    mode, reason = choose_input(t.input, share_bytes, local_size, memory_limit_bytes(),
+                                t.memory_fraction)
+    n_use = len(plan.train_items) // size
+    n_sample = min(N_SAMPLE_PREDICTIONS, len(val_ids))
+    gpu = "/gpu:0" if device["device"] == "gpu" else None
+    val_steps = -(-len(val_ids) // t.batch_size)
+    if mode == "stream":
+        batches: Any = stream.StreamBatches(
+            plan.dataset, train_ids, n_use=n_use, batch_size=t.batch_size, seed=cfg.seed,
+            fold=plan.job.fold, buffer=t.shuffle_buffer, shards_at_once=t.stream_shards,
+            first_epoch=first_epoch)
+        train = data.tf_dataset(batches, (h, w), t.prefetch_batches, gpu)
+        val = data.tf_dataset(stream.StreamEval(plan.dataset, val_ids, t.batch_size), (h, w),
+                              t.prefetch_batches, n_batches=val_steps)
+        sample = data.read_items(plan.dataset, val_ids[:n_sample])[0]
+        return Inputs(train, val, batches.steps, mode, "prefetch" if gpu else "host", reason,
+                      val_ids, sample)
+    block = t.read_block_mb << 20
     x_train, y_train = data.read_items(plan.dataset, train_ids, block)
     x_val, y_val = data.read_items(plan.dataset, val_ids, block)
     _agree_finite(plan, x_train, x_val, size, tf, hvd_tf)
-    n_use = len(plan.train_items) // size
-    batches = data.TrainBatches(x_train, y_train, train_ids, n_use=n_use, batch_size=t.batch_size,
-                             seed=cfg.seed, fold=job.fold, n_items=plan.dataset.n_items,
-                             first_epoch=first_epoch)
-    train_ds = data.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches)
-    val_ds = data.tf_dataset(data.EvalBatches(x_val, y_val, t.batch_size), plan.dataset.image_shape,
-                          t.prefetch_batches)
+    batches = data.TrainBatches(x_train, y_train, train_ids, n_use=n_use,
+                                batch_size=t.batch_size, seed=cfg.seed, fold=plan.job.fold,
+                                n_items=plan.dataset.n_items, first_epoch=first_epoch)
+    placement = "host"
+    if gpu:
+        placement = place_share(x_train.nbytes + y_train.nbytes, device.get("memory_bytes"))
+    if gpu and placement == "device":
+        train = data.tf_resident_dataset(batches, gpu, t.prefetch_batches)
+    else:
+        train = data.tf_dataset(batches, (h, w), t.prefetch_batches, gpu)
+    val = data.tf_dataset(data.EvalBatches(x_val, y_val, t.batch_size), (h, w),
+                          t.prefetch_batches, n_batches=val_steps)
+    return Inputs(train, val, batches.steps, mode, placement, reason, val_ids,
+                  x_val[:n_sample])
 
-    # 3. Model: the same initial weights on every rank and for every dropout model of a fold.
-    from lenshpc.train import callbacks as cb
-    from lenshpc.train.device import default_steps_per_execution
-    from lenshpc.train.model import (build_model, inference_model, rng_states, set_rng_states,
-                                     use_generator_rng, weighted_mse)
-    from lenshpc.train.record import Recorder, weights_sha256
+
+def _compile(plan: JobPlan, size: int, device: dict[str, Any], steps: int, tf, hvd):
+    """The network and its optimizer, compiled. Returns (model, the optimizer whose
+    learning rate and weights are the job's, scaled learning rate, settings in force)."""
+    from lenshpc.train.device import default_steps_per_execution, use_jit
+    from lenshpc.train.model import build_model, set_precision, use_generator_rng, weighted_mse
+    cfg, job, t = plan.cfg, plan.job, plan.cfg.train
+    jit = use_jit(t.jit_compile, device["device"])
+    if jit and size > 1 and device["device"] != "gpu":
+        raise UserError("train.jit_compile: true needs a GPU with several ranks (Horovod's "
+                        "allreduce has XLA operations on GPUs only); set it to null or false")
+    set_precision(t.precision)
     use_generator_rng()
     tf.keras.utils.set_random_seed(int(np.random.default_rng([cfg.seed, job.fold])
                                        .integers(2**31 - 1)))
     model = build_model(t.network, job.model, cfg.image.size, plan.target_mean, plan.target_std)
-
-    # 4. Optimizer: learning rate scaled by the number of ranks, gradients averaged.
     scaled_lr = t.learning_rate * size
-    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.Nadam(learning_rate=scaled_lr))
-    spe = t.steps_per_execution or default_steps_per_execution(device["device"])
+    optimizer = tf.keras.optimizers.legacy.Nadam(learning_rate=scaled_lr)
+    if not (jit and size == 1):
+        # One rank has nothing to average; Horovod's allreduce (an identity there) would
+        # only keep XLA from compiling the step.
+        optimizer = hvd.DistributedOptimizer(optimizer)
+    spe = min(t.steps_per_execution or default_steps_per_execution(device["device"]), steps)
+    # In mixed_float16 Keras wraps the optimizer in its LossScaleOptimizer. Horovod's
+    # allreduce runs inside the inner optimizer's gradient computation, before the loss
+    # scale's finiteness check, so every rank sees the same averaged gradients and all
+    # skip (or all apply) the same steps.
     model.compile(optimizer=optimizer, loss=weighted_mse(t.loss_weights, plan.target_std),
                   metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae")],
-                  steps_per_execution=min(spe, batches.steps))
+                  steps_per_execution=spe, jit_compile=jit)
+    settings = {"precision": t.precision, "jit_compile": jit, "steps_per_execution": spe}
+    return model, optimizer, scaled_lr, settings
 
-    # 5. State: a new job, or the checkpoint's (weights, optimizer, dropout generators).
-    if ckpt is not None:
-        model.set_weights(ckpt.model)
-        optimizer._create_all_weights(model.trainable_variables)  # slots exist before set
-        optimizer.set_weights(ckpt.optimizer)
-        set_rng_states(model, ckpt.rng)
-        tf.keras.backend.set_value(optimizer.lr, scaled_lr * ckpt.state.lr_factor)
-        state = ckpt.state
-        if root:
-            say(f"{plan.name}: resuming after epoch {first_epoch} on {size} rank(s)")
-    else:
-        state = TrainState(key=plan.key)
-        if root:
-            say(f"{plan.name}: training {len(plan.train_items)} items, validating on "
-                f"{len(plan.val_items)}, {size} rank(s) on {device['name']}, {batches.steps} "
-                f"steps of <= {t.batch_size} per rank and epoch")
-    state.sessions = [*state.sessions, {"n_ranks": size, "first_epoch": first_epoch}]
 
-    # 6. Callbacks, in Horovod's order: broadcast, metric average, then those reading metrics.
+def _optimizer_state(model, optimizer) -> list[np.ndarray]:
+    """The optimizer's weights, and in mixed precision the loss scale and its counter."""
+    weights = optimizer.get_weights()
+    outer = model.optimizer
+    if outer is not optimizer:
+        weights += [np.asarray(outer.loss_scale.numpy()),
+                    np.asarray(outer.dynamic_counter.numpy())]
+    return weights
+
+
+def _set_optimizer_state(model, optimizer, weights: list[np.ndarray]) -> None:
+    outer = model.optimizer
+    optimizer._create_all_weights(model.trainable_variables)  # slots exist before set
+    if outer is not optimizer:
+        *weights, scale, counter = weights
+        outer._loss_scale._current_loss_scale.assign(scale)
+        outer.dynamic_counter.assign(counter)
+    optimizer.set_weights(weights)
+
+
+def _final_model(plan: JobPlan, model):
+    """The network without optimizer or loss, computing in float32 whatever the training
+    precision: what model.keras holds."""
+    from lenshpc.train.model import build_model, inference_model, set_precision
+    if plan.cfg.train.precision == "float32":
+        return inference_model(model)
+    set_precision("float32")
+    final = build_model(plan.cfg.train.network, plan.job.model, plan.cfg.image.size,
+                        plan.target_mean, plan.target_std)
+    final.set_weights(model.get_weights())
+    return final
+
+
+def _callbacks(plan: JobPlan, state: TrainState, model, optimizer, scaled_lr: float,
+               steps: int, stop: StopRequest, size: int, root: bool, tf, hvd, hvd_tf):
+    """The fit's callbacks in Horovod's order (broadcast, metric average, then those
+    reading metrics; the epoch-end bookkeeping and the stop check last) and the Recorder."""
+    from lenshpc.train import callbacks as cb
+    from lenshpc.train.model import rng_states
+    from lenshpc.train.record import Recorder
+    t, ckpt = plan.cfg.train, plan.checkpoint
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
     if size > 1:
         callbacks.append(cb.AverageBatchStatistics(
@@ -323,7 +438,7 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     callbacks.append(hvd.callbacks.MetricAverageCallback())
     if size > 1 and t.warmup_epochs > 0:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
-            initial_lr=scaled_lr, warmup_epochs=t.warmup_epochs, steps_per_epoch=batches.steps,
+            initial_lr=scaled_lr, warmup_epochs=t.warmup_epochs, steps_per_epoch=steps,
             momentum_correction=False))
     timer, lr_used = cb.EpochTimer(), cb.EpochLearningRate(optimizer)
     reduce_lr = cb.ResumableReduceLR(restore=state.callbacks.get("reduce_lr"), monitor="val_loss",
@@ -332,10 +447,12 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     early = (cb.ResumableEarlyStopping(restore=state.callbacks.get("early_stopping"),
                                       monitor="val_loss", patience=t.early_stopping_patience)
              if t.early_stopping_patience > 0 else None)
+    n_use = len(plan.train_items) // size
     recorder = Recorder(
         plan, state, model=model, optimizer=optimizer, scaled_lr=scaled_lr, n_ranks=size,
         root=root, images_per_epoch=n_use * size, best_weights=ckpt.best if ckpt else None,
         timer=timer, lr_of_epoch=lambda: lr_used.lr, rng_states=lambda: rng_states(model),
+        optimizer_state=lambda: _optimizer_state(model, optimizer),
         callback_states=lambda: {"reduce_lr": reduce_lr.state(),
                                  **({"early_stopping": early.state()} if early else {})})
     agree = (lambda flag: int(hvd_tf.allreduce(tf.constant(flag), op=hvd_tf.Sum,
@@ -348,55 +465,101 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
                   cb.StopCheck(lambda: stop.requested, agree,
                               every=1 if size == 1 else t.stop_check_steps,
                               last_epoch=plan.epochs)]
+    return callbacks, recorder
 
-    # 7. Fit, from the first epoch not yet done.
+
+def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
+    """Train the planned job; 0 when finished, 75 when stopped by a signal (resumable)."""
+    if plan.finished_note and plan.refusal is None:
+        if _launcher_rank() == 0:
+            say(plan.finished_note)
+        return EXIT_FINISHED
+    stop = stop or StopRequest().install()
+    t = plan.cfg.train
+
+    # 1. Horovod, device, and one verdict on the plan for all ranks.
+    tf, hvd, device, problem = _init_horovod(t.threads_per_rank, t.device, t.jit_compile)
+    import horovod.tensorflow as hvd_tf
+    rank, size = hvd.rank(), hvd.size()
+    root = rank == 0
+    _agree(plan, problem, size, tf, hvd_tf)
+    if root:
+        clear_done(plan.files.root, JobFiles.PRODUCT)
+
+    # 2. Data: this rank's share of the fold, in memory or streamed from its shards.
+    ckpt = plan.checkpoint
+    first_epoch = ckpt.state.epochs_done if ckpt else 0
+    inputs = _inputs(plan, rank, size, hvd.local_size(), device, first_epoch, tf, hvd_tf)
+
+    # 3. Model (the same initial weights on every rank and for every dropout model of a
+    # fold; dropout from generators whose state is checkpointed) and optimizer (learning
+    # rate scaled by the number of ranks, gradients averaged).
+    model, optimizer, scaled_lr, settings = _compile(plan, size, device, inputs.steps, tf, hvd)
+    device = {**device, "input": inputs.mode, "placement": inputs.placement, **settings}
+    plan.devices = hvd_tf.allgather_object(device, name="devices") if size > 1 else [device]
+
+    # 4. State: a new job, or the checkpoint's (weights, optimizer, dropout generators).
+    from lenshpc.train.model import set_rng_states
+    if ckpt is not None:
+        model.set_weights(ckpt.model)
+        _set_optimizer_state(model, optimizer, ckpt.optimizer)
+        set_rng_states(model, ckpt.rng)
+        tf.keras.backend.set_value(optimizer.lr, scaled_lr * ckpt.state.lr_factor)
+        state = ckpt.state
+        if root:
+            say(f"{plan.name}: resuming after epoch {first_epoch} on {size} rank(s)")
+    else:
+        state = TrainState(key=plan.key)
+        if root:
+            say(f"{plan.name}: training {len(plan.train_items)} items, validating on "
+                f"{len(plan.val_items)}, {size} rank(s) on {device['name']}, {inputs.steps} "
+                f"steps of <= {t.batch_size} per rank and epoch; input {inputs.mode} "
+                f"({inputs.reason}), {settings['precision']}, "
+                f"{settings['steps_per_execution']} step(s) per execution"
+                f"{', XLA' if settings['jit_compile'] else ''}")
+    state.sessions = [*state.sessions, {"n_ranks": size, "first_epoch": first_epoch}]
+
+    # 5. Callbacks, in Horovod's order: broadcast, metric average, then those reading metrics.
+    from lenshpc.train import callbacks as cb
+    callbacks, recorder = _callbacks(plan, state, model, optimizer, scaled_lr, inputs.steps,
+                                     stop, size, root, tf, hvd, hvd_tf)
+
+    # 6. Fit, from the first epoch not yet done.
     if first_epoch < plan.epochs and not state.early_stopped:
         try:
-            with _disk_full_is_one_line(plan, model):
-                model.fit(train_ds, epochs=plan.epochs, initial_epoch=first_epoch,
-                          steps_per_epoch=batches.steps, validation_data=val_ds,
-                          callbacks=callbacks, verbose=0)
+            model.fit(inputs.train, epochs=plan.epochs, initial_epoch=first_epoch,
+                      steps_per_epoch=inputs.steps, validation_data=inputs.val,
+                      callbacks=callbacks, verbose=0)
         except cb.Stopped:
             if root:
                 say(f"{plan.name}: stopped by {stop.signal or 'a signal on another rank'}; "
                     f"{state.epochs_done} whole epoch(s) saved in {plan.files.checkpoint}; "
                     f"run the same command to continue")
             return EXIT_STOPPED
+        except tf.errors.OpError as exc:
+            # A shard that fails its checks while streamed: the reader's one line.
+            line = next((ln for ln in str(exc).splitlines() if "lenshpc dataset verify" in ln),
+                        None)
+            if line is None:
+                raise
+            raise UserError(line.split("Error: ", 1)[-1].strip()) from None
     if state.best is None:
         raise UserError(f"{plan.name}: val_loss was never finite (training diverged); lower "
                         f"train.learning_rate, then remove {plan.files.root} and train again")
 
-    # 8. Save (rank 0): every rank holds the same weights; their checksums show it.
+    # 7. Save (rank 0): every rank holds the same weights; their checksums show it.
+    from lenshpc.train.record import weights_sha256
     digests = [weights_sha256(model.get_weights())]
     if size > 1:
         digests = hvd_tf.allgather_object(digests[0], name="weights_sha256")
     if root:
-        with _disk_full_is_one_line(plan, model):
-            recorder.finish(inference_model(model), digests, x_val, val_ids,
-                            N_SAMPLE_PREDICTIONS)
+        recorder.finish(_final_model(plan, model), digests, inputs.sample, inputs.val_ids,
+                        N_SAMPLE_PREDICTIONS)
         best = state.best
         say(f"{plan.name}: finished after {state.epochs_done} epoch(s)"
             f"{' (early stop)' if state.early_stopped else ''}; best epoch {best['epoch']} "
             f"(val_loss {best['val_loss']:.4g}); model ({t.keep}) in {plan.files.model}")
     return EXIT_FINISHED
-
-
-@contextlib.contextmanager
-def _disk_full_is_one_line(plan: JobPlan, model):
-    """A full disk while writing the job's files: one line naming the folder and about
-    how many bytes a checkpoint needs (weights, optimizer slots, best weights); the last
-    whole epoch stays on disk, so a rerun after freeing space resumes from it."""
-    from lenshpc.io import free_bytes, human_bytes, is_disk_full
-    try:
-        yield
-    except Exception as exc:
-        if not is_disk_full(exc):
-            raise
-        need = 5 * sum(int(np.prod(w.shape)) * 4 for w in model.weights)
-        raise UserError(f"disk full writing {plan.files.root}: a checkpoint and the model "
-                        f"need about {human_bytes(need)}, {human_bytes(free_bytes(plan.files.root))}"
-                        f" free; free space and run the same command to resume from the last "
-                        f"whole epoch") from None
 
 
 def _agree(plan: JobPlan, problem: str | None, size: int, tf, hvd_tf) -> None:

@@ -7,8 +7,15 @@ from __future__ import annotations
 import pytest
 
 from lenshpc.config import UserError
-from lenshpc.train.device import (DEVICE_FRACTION, choose_device, choose_input,
-                                  default_steps_per_execution, gpus_given, place_share, use_jit)
+from lenshpc.train.device import (
+    DEVICE_FRACTION,
+    choose_device,
+    choose_input,
+    default_steps_per_execution,
+    gpus_given,
+    place_share,
+    use_jit,
+)
 from tests.conftest import PYTHON, env
 from tests.train.train_util import train_config
 

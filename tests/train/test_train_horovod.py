@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import PYTHON, env, mpirun_cmd, require
-from tests.train.train_util import history_rows, predict_with_plain_keras, run_json, train_config
 from tests.train.test_train_run import wait_for
+from tests.train.train_util import history_rows, predict_with_plain_keras, run_json, train_config
 
 pytestmark = pytest.mark.horovod
 

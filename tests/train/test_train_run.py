@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import PYTHON, env, lenshpc
-from tests.train.train_util import (dataset_checksum, history_rows, predict_with_plain_keras,
-                                    run_json, train_config)
+from tests.train.train_util import (
+    dataset_checksum,
+    history_rows,
+    predict_with_plain_keras,
+    run_json,
+    train_config,
+)
 
 # model3 has no dropout, so a resumed run can be compared bit for bit with an uninterrupted one.
 JOB, JOB_PATH = 4, "model3/fold-0"
