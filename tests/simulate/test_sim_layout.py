@@ -45,6 +45,8 @@ def test_items_per_shard_from_bytes_and_min_shards():
     assert loads({"dataset": {"n_images": 76396, "shard_mb": 1.0, "min_shards": 1}}
                  ).dataset.items_per_shard(50_344) == 19
     assert loads({"dataset": {"n_images": 10, "shard_mb": 0.001}}).dataset.items_per_shard(50_344) == 1
+    # min_shards stops at shards of 4 MB: the default 1,000 images of 64x64 make 5 shards
+    assert loads(None).dataset.items_per_shard(64 * 64 * 4 + 4 * 4 + 19 * 8) == 241
     # the older key, where given, decides alone
     assert loads({"dataset": {"n_images": 76396, "shard_size": 200}}).dataset.items_per_shard(50_344) == 200
 
