@@ -1,24 +1,32 @@
-"""Benchmark of the train stage: is the input ever what limits a training step?
+"""Benchmark of the train stage: what the loop around the model's step costs, and whether
+the input can keep up.
 
-Measures, on this machine, with 1 and with 2 Horovod ranks (``horovodrun --gloo``):
+Part 1, the per-step overhead (debug network, one rank on the CPU):
 
-* input pipeline alone: images/s that this rank's ``tf.data`` pipeline (in-memory share,
-  per-epoch order, batching, prefetch) delivers with no model attached;
 * model step alone: images/s of ``model.fit`` on the rank's items held as tensors inside
   TensorFlow (``from_tensor_slices(...).batch().cache().repeat()``: no Python, no reads),
-  Horovod optimizer included;
-* model step on the input pipeline: the same, in the same process, on lenshpc's pipeline,
-  the two inputs taking turns window by window (the direct measure of what input costs);
-* full training loop: the real ``lenshpc train`` — its training phase (input pipeline,
-  model step, per-step stop check, callbacks) and its whole epochs (plus validation and
-  the checkpoint), from run.json.
+  Horovod's optimizer included, 32 steps per call into TensorFlow (the least overhead
+  Keras allows);
+* full training loop: the real ``lenshpc train`` with ``train.steps_per_execution`` 1 and
+  32 — its training phase (input pipeline, model step, stop check, callbacks), from
+  run.json;
+* per-step overhead: the full loop's time per step minus the model step's, in ms (wall
+  and CPU time of the process).
 
-Each is printed as a ratio to the model step alone measured in the same run; the goal is a
-training phase within 10% of the model step (ratio >= 0.9). Writes its section of
-docs/performance.md. Run: ``.venv/bin/python bench/train.py`` (a few minutes).
+Part 2, the input at the paper's 112x112 images (paper network, batch 64):
 
-Internally the script also runs as ``bench/train.py --worker pipeline|step ...`` under the
-launcher; workers print one JSON line from rank 0.
+* input alone, in memory (the share read before training) and streamed (the rank's shards
+  read during training through a shuffle buffer): images/s that the ``tf.data`` pipeline
+  delivers with no model attached, and the worker's peak RSS;
+* the paper network's model step alone on this machine, for the ratio (goal: the streamed
+  input >= 5x the model step, so input is never the bottleneck).
+
+Each model-step and full-loop figure is the best of several windows taking turns (the
+machine is shared; other work only slows a window down). Writes its section of
+docs/performance.md. Run: ``.venv/bin/python bench/train.py`` (about 10 minutes).
+
+Internally the script also runs as ``bench/train.py --worker step|input ...``; workers
+print one JSON line.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,15 +50,19 @@ PYTHON = sys.executable
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
            PATH=f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
-#: Measured windows (model step alone) and epochs (full loop, after the first); the best
-#: one counts: other work on a shared machine only ever slows a window down.
-WINDOWS = 6
-REPEATS = 2
-#: The debug network (fast step: the hardest case for the input pipeline) on more images.
-OVERRIDES = {"dataset": {"n_images": 2400, "n_folds": 4, "shard_size": 400},
-             "train": {"epochs": 1 + WINDOWS, "tensorboard": False}}
+#: Epochs of the full loop (the first, which traces the step, is not counted) and windows
+#: of the model step alone; the best counts.
+EPOCHS, WINDOWS, REPEATS = 5, 4, 2
+#: The debug network (fast step: the hardest case for the loop around it) on more images.
+DEBUG = {"dataset": {"n_images": 2400, "n_folds": 4, "shard_size": 400},
+         "train": {"epochs": EPOCHS, "tensorboard": False, "early_stopping_patience": 0}}
+#: The paper's images and network, few of them, rendered quickly (no supersampling).
+PAPER = {"image": {"supersampling": 1},
+         "dataset": {"n_images": 1600, "n_folds": 4, "shard_size": 100},
+         "train": {"tensorboard": False}}
 JOB = 8                 # model3 (no dropout), fold 0
-WARM_STEPS, STEPS = 10, 150
+SPES = (1, 32)
+STREAM = {"shuffle_buffer": 1024, "stream_shards": 4}
 
 
 # --------------------------------------------------------------------------- workers
@@ -62,215 +75,211 @@ def _setup(config: str, data: str):
     cfg = load(config)
     job = jobs(cfg.train, cfg.dataset.n_folds)[JOB]
     plan = plan_job(cfg, job, data, tempfile.mkdtemp())
-    tf, hvd = _init_horovod(cfg.train.threads_per_rank)
+    tf, hvd, _, _ = _init_horovod(cfg.train.threads_per_rank, "cpu")
     return cfg, plan, tf, hvd
 
 
-def _report(hvd, rates: dict[str, float], cpu: dict[str, float] | None = None) -> None:
-    """Print {kind: images/s summed over ranks} and {kind: CPU ms per image, mean over
-    ranks} from rank 0."""
-    import horovod.tensorflow as hvd_tf
-    mine = (rates, cpu or {})
-    every = hvd_tf.allgather_object(mine) if hvd.size() > 1 else [mine]
-    if hvd.rank() == 0:
-        total = {k: sum(r[0][k] for r in every) for k in rates}
-        cpu_ms = {k: statistics.mean(r[1][k] for r in every) for k in mine[1]}
-        print(json.dumps({"ranks": hvd.size(), "images_per_s": total, "cpu_ms": cpu_ms}),
-              flush=True)
-
-
-def worker_pipeline(config: str, data: str) -> None:
-    from lenshpc.train import data as D
-    cfg, plan, tf, hvd = _setup(config, data)
-    rank, size, t = hvd.rank(), hvd.size(), cfg.train
-    ids = D.rank_share(plan.train_items, rank, size)
-    x, y = D.read_items(plan.dataset.path, ids, t.read_block_mb << 20)
-    batches = D.TrainBatches(x, y, ids, n_use=len(plan.train_items) // size,
-                             batch_size=t.batch_size, seed=cfg.seed, fold=plan.job.fold,
-                             n_items=plan.dataset.n_items)
-    it = iter(D.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches))
-    for _ in range(WARM_STEPS):
-        next(it)
-    t0, n = time.perf_counter(), 0
-    for _ in range(STEPS * 4):
-        xb, _ = next(it)
-        n += int(xb.shape[0])
-    _report(hvd, {"pipeline": n / (time.perf_counter() - t0)})
-
-
-def worker_step(config: str, data: str) -> None:
+def worker_step(config: str, data: str, windows: int) -> None:
+    """Model step alone: best images/s and median CPU ms per image over ``windows``."""
     from lenshpc.train import data as D
     from lenshpc.train.model import build_model, weighted_mse
     cfg, plan, tf, hvd = _setup(config, data)
     t = cfg.train
-    ids = D.rank_share(plan.train_items, hvd.rank(), hvd.size())
-    x, y = D.read_items(plan.dataset.path, ids)
-    # The rank's items as tensors batched and cached inside TensorFlow: an input that costs
-    # nothing (one repeated batch would be fitted to death and change the arithmetic).
-    in_memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(t.batch_size, drop_remainder=True)
-    in_memory = in_memory.cache().repeat()
-    # The real input: this rank's share through lenshpc's pipeline.
-    pipeline = D.tf_dataset(D.TrainBatches(x, y, ids, n_use=len(plan.train_items) // hvd.size(),
-                                           batch_size=t.batch_size, seed=cfg.seed,
-                                           fold=plan.job.fold, n_items=plan.dataset.n_items),
-                            plan.dataset.image_shape, t.prefetch_batches)
-    model = build_model(t.network, plan.job.model, cfg.image.size, plan.target_mean, plan.target_std)
-    opt = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.Nadam(t.learning_rate * hvd.size()))
+    x, y = D.read_items(plan.dataset, plan.train_items)
+    # An input that costs nothing (one repeated batch would be fitted to death and
+    # change the arithmetic).
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(t.batch_size, drop_remainder=True)
+    ds = ds.cache().repeat()
+    model = build_model(t.network, plan.job.model, cfg.image.size, plan.target_mean,
+                        plan.target_std)
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.Nadam(t.learning_rate))
+    steps = D.steps_per_epoch(len(plan.train_items), t.batch_size, 1)
+    spe = min(32, steps)
     model.compile(optimizer=opt, loss=weighted_mse(t.loss_weights, plan.target_std),
-                  metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae")])
-    model.fit(in_memory, steps_per_epoch=WARM_STEPS, epochs=1, verbose=0,
+                  metrics=[tf.keras.metrics.MeanAbsoluteError(name="mae")],
+                  steps_per_execution=spe)
+    model.fit(ds, steps_per_epoch=spe, epochs=1, verbose=0,
               callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
-    # Windows as long as the full loop's epochs, so "best window" compares like with like.
-    window = D.steps_per_epoch(len(plan.train_items), t.batch_size, hvd.size())
+    rates, cpu = [], []
+    for _ in range(windows):
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        rates.append(steps * t.batch_size / seconds)
+        cpu.append(1e3 * cpu_s / (steps * t.batch_size))
+    print(json.dumps({"images_per_s": max(rates), "cpu_ms": statistics.median(cpu)}), flush=True)
 
-    class Clock(tf.keras.callbacks.Callback):
-        # From the third step of a fit on: no fit start-up, no new iterator in the figure.
-        def on_train_batch_begin(self, batch, logs=None):
-            if batch == 2:
-                self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
-        def on_train_end(self, logs=None):
-            self.seconds = time.perf_counter() - self.t0
-            self.cpu = time.process_time() - self.cpu0
-
-    best = {"step": 0.0, "step_on_pipeline": 0.0}
-    cpu: dict[str, list[float]] = {"step": [], "step_on_pipeline": []}
-    for _ in range(WINDOWS):
-        # Taking turns, the two inputs meet the same (shared) machine.
-        for kind, ds in (("step", in_memory), ("step_on_pipeline", pipeline)):
-            clock = Clock()
-            model.fit(ds, steps_per_epoch=window + 2, epochs=1, verbose=0, callbacks=[clock])
-            best[kind] = max(best[kind], window * t.batch_size / clock.seconds)
-            cpu[kind].append(1e3 * clock.cpu / (window * t.batch_size))
-    _report(hvd, best, {k: statistics.median(v) for k, v in cpu.items()})
+def worker_input(config: str, data: str, mode: str) -> None:
+    """Input alone: images/s of this rank's tf.data pipeline (memory or stream) over three
+    epochs, and the process' peak RSS."""
+    from lenshpc.train import data as D
+    from lenshpc.train.stream import StreamBatches
+    cfg, plan, tf, hvd = _setup(config, data)
+    t, items = cfg.train, plan.train_items
+    common = dict(n_use=len(items), batch_size=t.batch_size, seed=cfg.seed, fold=plan.job.fold)
+    if mode == "memory":
+        x, y = D.read_items(plan.dataset, items, t.read_block_mb << 20)
+        batches = D.TrainBatches(x, y, items, n_items=plan.dataset.n_items, **common)
+    else:
+        batches = StreamBatches(plan.dataset, items, buffer=t.shuffle_buffer,
+                                shards_at_once=t.stream_shards, **common)
+    it = iter(D.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches))
+    next(it)
+    t0, n = time.perf_counter(), 0
+    for _ in range(3 * batches.steps):
+        n += int(next(it)[0].shape[0])
+    rate = n / (time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"images_per_s": rate, "peak_rss_mib": rss}), flush=True)
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def launch(ranks: int, args: list[str]) -> list[str]:
-    if ranks == 1:
-        return [PYTHON, *args]
-    return ["horovodrun", "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", PYTHON, *args]
-
-
-def run_worker(ranks: int, kind: str, config: Path, data: Path) -> dict:
-    cmd = launch(ranks, [__file__, "--worker", kind, "--config", str(config), "--data", str(data)])
+def run_worker(*args: str) -> dict:
+    cmd = [PYTHON, __file__, "--worker", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True).stdout
-    line = next(l for l in out.splitlines() if '"images_per_s"' in l)
+    line = next(ln for ln in out.splitlines() if '"images_per_s"' in ln)
     return json.loads(line[line.index("{"):])
 
 
-def run_full(ranks: int, config: Path, data: Path, runs: Path) -> tuple[float, float, float]:
-    """Training-phase and whole-epoch images/s of a real ``lenshpc train`` (its best epoch
-    after the first, which includes tracing) and the median CPU ms per image of rank 0 in
-    the training phase, from run.json."""
-    cmd = launch(ranks, ["-m", "lenshpc", "train", "--config", str(config), "--data", str(data),
-                         "--out", str(runs), "--job", str(JOB)])
+def run_full(config: Path, data: Path, runs: Path) -> tuple[float, float, int]:
+    """Training-phase images/s of a real ``lenshpc train`` (its best epoch after the
+    first, which includes tracing), the median CPU ms per image and the steps per epoch."""
+    cmd = [PYTHON, "-m", "lenshpc", "train", "--config", str(config), "--data", str(data),
+           "--out", str(runs), "--job", str(JOB)]
     subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=True, cwd=ROOT)
-    timing = json.loads(next(runs.glob("*/fold-*/run.json")).read_text())["timing"]
+    run = json.loads(next(runs.glob("*/fold-*/run.json")).read_text())
+    timing = run["timing"]
     images = timing["images"][1]
-    cpu_ms = statistics.median(1e3 * c * ranks / images for c in timing["train_cpu_s"][1:])
-    return images / min(timing["train_s"][1:]), images / min(timing["epoch_s"][1:]), cpu_ms
+    cpu_ms = statistics.median(1e3 * c / images for c in timing["train_cpu_s"][1:])
+    steps = -(-images // run["batch_size_per_rank"])
+    return images / min(timing["train_s"][1:]), cpu_ms, steps
+
+
+def write_config(path: Path, base: str, overrides: dict, **train) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / base).read_text())
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    data["train"].update(train)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def simulate(config: Path, out: Path) -> Path:
+    subprocess.run([PYTHON, "-m", "lenshpc", "simulate", "--config", str(config), "--out",
+                    str(out), "--no-progress"], check=True, capture_output=True, env=ENV,
+                   cwd=ROOT)
+    return out
+
+
+def overhead_part(tmp: Path) -> tuple[list[str], dict]:
+    base = write_config(tmp / "debug.yaml", "debug.yaml", DEBUG)
+    data = simulate(base, tmp / "debug-data")
+    configs = {spe: write_config(tmp / f"spe{spe}.yaml", "debug.yaml", DEBUG,
+                                 steps_per_execution=spe) for spe in SPES}
+    step = {"rate": 0.0, "cpu": []}
+    full = {spe: {"rate": 0.0, "cpu": []} for spe in SPES}
+    steps = 0
+    for r in range(REPEATS):
+        got = run_worker("step", "--config", str(base), "--data", str(data),
+                         "--windows", str(WINDOWS))
+        step["rate"] = max(step["rate"], got["images_per_s"])
+        step["cpu"].append(got["cpu_ms"])
+        for spe in SPES:
+            rate, cpu, steps = run_full(configs[spe], data, tmp / f"runs-{spe}-{r}")
+            full[spe]["rate"] = max(full[spe]["rate"], rate)
+            full[spe]["cpu"].append(cpu)
+    batch = yaml.safe_load(base.read_text())["train"]["batch_size"]
+    s_rate, s_cpu = step["rate"], statistics.median(step["cpu"])
+    rows = []
+    for spe in SPES:
+        f_rate, f_cpu = full[spe]["rate"], statistics.median(full[spe]["cpu"])
+        over_ms = 1e3 * batch * (1 / f_rate - 1 / s_rate)
+        over_cpu = batch * (f_cpu - s_cpu)
+        rows.append(f"| {spe} | {f_rate:.0f} img/s ({f_rate / s_rate:.3f}) | {over_ms:+.2f} ms | "
+                    f"{f_cpu:.3f} ms ({f_cpu / s_cpu:.3f}) | {over_cpu:+.2f} ms |")
+        print(f"steps_per_execution {spe}: {f_rate:.0f} img/s vs step {s_rate:.0f}; overhead "
+              f"{over_ms:.2f} ms/step wall, {over_cpu:.2f} ms/step CPU", flush=True)
+    net = yaml.safe_load(base.read_text())["train"]["network"]
+    lines = [
+        "### The loop around the step: `train.steps_per_execution` 1 vs 32",
+        "",
+        f"Debug network ({net['conv1_filters']}-{net['conv2_filters']}-"
+        f"{net['conv3_filters']}x{net['conv3_layers']} conv, {net['dense1']}-{net['dense2']} "
+        f"dense) on 64x64 images, batch {batch}, one rank, job {JOB} of a "
+        f"{DEBUG['dataset']['n_images']}-image dataset ({steps} steps per epoch). The model step "
+        f"alone: {s_rate:.0f} img/s, {s_cpu:.3f} CPU ms per image (best of {REPEATS} x "
+        f"{WINDOWS} epochs' worth of steps on cached tensors, 32 steps per call). Full loop: "
+        f"`lenshpc train`'s training phase, best epoch after the first of {REPEATS} runs "
+        f"of {EPOCHS} epochs. Overhead per step: the full loop's time per step minus the "
+        "model step's (a small network is the hard case: its step is the shortest).",
+        "",
+        "| steps_per_execution | full loop, training phase (ratio to the model step) | "
+        "overhead per step, wall | CPU per image (ratio) | overhead per step, CPU |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Goal: the training phase at >= 0.97 of the model step alone with 32 steps per call.",
+    ]
+    return lines, {"step": s_rate}
+
+
+def input_part(tmp: Path) -> list[str]:
+    base = write_config(tmp / "paper.yaml", "paper.yaml", PAPER, **STREAM)
+    data = simulate(base, tmp / "paper-data")
+    got = {mode: run_worker("input", "--config", str(base), "--data", str(data), "--mode", mode)
+           for mode in ("memory", "stream")}
+    step = run_worker("step", "--config", str(base), "--data", str(data), "--windows", "2")
+    s = step["images_per_s"]
+    for mode, g in got.items():
+        print(f"input {mode}: {g['images_per_s']:.0f} img/s, peak RSS {g['peak_rss_mib']:.0f} "
+              f"MiB; paper model step {s:.1f} img/s", flush=True)
+    n_train = PAPER["dataset"]["n_images"]
+    share_mib = n_train * 0.75 * 112 * 112 * 4 / 2**20
+    lines = [
+        "### The input at 112x112: memory vs stream",
+        "",
+        f"Paper network and images (112x112, batch 64), {PAPER['dataset']['n_images']} images "
+        f"in shards of {PAPER['dataset']['shard_size']}, one rank training fold 0 (about "
+        f"{share_mib:.0f} MiB of images). Input alone: the `tf.data` pipeline with no model, "
+        f"three epochs. Stream: a shuffle buffer of {STREAM['shuffle_buffer']} items, "
+        f"{STREAM['stream_shards']} shards read at a time in blocks of 64 items. The paper "
+        f"network's model step on this machine: {s:.1f} img/s.",
+        "",
+        "| input | images/s (ratio to the paper model step) | peak RSS of the process |",
+        "|---|---|---|",
+        *(f"| {mode} | {g['images_per_s']:.0f} img/s ({g['images_per_s'] / s:.0f}x) | "
+          f"{g['peak_rss_mib']:.0f} MiB |" for mode, g in got.items()),
+        "",
+        "Goal: streamed input >= 5x the paper network's model step. The RSS includes "
+        "TensorFlow itself (about 0.5 GiB); in memory mode it grows with the share, in "
+        "stream mode with the shuffle buffer (1024 items of 49 KiB: 49 MiB) only.",
+    ]
+    return lines
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        data = yaml.safe_load((ROOT / "configs" / "debug.yaml").read_text())
-        for section, values in OVERRIDES.items():
-            data[section].update(values)
-        config = tmp / "bench.yaml"
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
-        dataset = tmp / "data"
-        subprocess.run([PYTHON, "-m", "lenshpc", "simulate", "--config", str(config), "--out",
-                        str(dataset)], check=True, capture_output=True, env=ENV, cwd=ROOT)
-        t = data["train"]
-        rows = []
-        for ranks in (1, 2):
-            pipeline = run_worker(ranks, "pipeline", config, dataset)["images_per_s"]["pipeline"]
-            # Model step and full loop take turns, so both meet the same (shared) machine.
-            step = on_pipeline = train_phase = epoch = 0.0
-            cpu: dict[str, list[float]] = {"step": [], "step_on_pipeline": [], "full": []}
-            for r in range(REPEATS):
-                got = run_worker(ranks, "step", config, dataset)
-                rates = got["images_per_s"]
-                step = max(step, rates["step"])
-                on_pipeline = max(on_pipeline, rates["step_on_pipeline"])
-                for k, v in got["cpu_ms"].items():
-                    cpu[k].append(v)
-                full = run_full(ranks, config, dataset, tmp / f"runs-{ranks}-{r}")
-                train_phase, epoch = max(train_phase, full[0]), max(epoch, full[1])
-                cpu["full"].append(full[2])
-            cpu_ms = {k: statistics.median(v) for k, v in cpu.items()}
-            rows.append((ranks, pipeline, step, on_pipeline, train_phase, epoch, cpu_ms))
-            print(f"{ranks} rank(s): pipeline {pipeline:.0f}, step {step:.0f}, step on the "
-                  f"pipeline {on_pipeline:.0f}, training phase {train_phase:.0f}, whole epoch "
-                  f"{epoch:.0f} images/s; CPU ms/image {cpu_ms}", flush=True)
-
-    net = t["network"]
-    lines = [
-        "## train: input pipeline vs model step",
-        "",
-        f"`bench/train.py`: debug network ({net['conv1_filters']}-{net['conv2_filters']}-"
-        f"{net['conv3_filters']}x{net['conv3_layers']} conv, {net['dense1']}-{net['dense2']} dense) "
-        f"on {data['image']['size']}x{data['image']['size']} images, batch {t['batch_size']} per "
-        f"rank, job {JOB} of a {OVERRIDES['dataset']['n_images']}-image dataset "
-        f"({OVERRIDES['dataset']['n_folds']} folds); 2-rank runs use `horovodrun --gloo`. "
-        "Images/s summed over ranks; ratios to the model step alone with the same number of "
-        f"ranks. Model step and full loop: the best of {REPEATS} x {WINDOWS} windows of one "
-        "epoch's steps, the two taking turns (the machine is shared; other work only slows a "
-        "window down). A small network is the hard case for the input: its step is the fastest.",
-        "",
-        "| ranks | input pipeline alone | model step alone (in-memory tensors) | model step on "
-        "the input pipeline | full loop, training phase | full loop, whole epoch (+ validation, "
-        "checkpoint) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for ranks, pipeline, step, on_pipeline, train_phase, epoch, _ in rows:
-        lines.append(f"| {ranks} | {pipeline:.0f} img/s ({pipeline / step:.1f}x) | {step:.0f} img/s "
-                     f"(1.00) | {on_pipeline:.0f} img/s ({on_pipeline / step:.2f}) | "
-                     f"{train_phase:.0f} img/s ({train_phase / step:.2f}) | {epoch:.0f} img/s "
-                     f"({epoch / step:.2f}) |")
-    lines += ["",
-              "CPU time per image and rank in the training phase (median; less sensitive to "
-              "other work on the machine than wall time), as a ratio to the model step alone:",
-              "",
-              "| ranks | model step alone | model step on the input pipeline | full loop, "
-              "training phase |",
-              "|---|---|---|---|"]
-    for ranks, *_, cpu in rows:
-        s = cpu["step"]
-        lines.append(f"| {ranks} | {s:.2f} ms (1.00) | {cpu['step_on_pipeline']:.2f} ms "
-                     f"({cpu['step_on_pipeline'] / s:.2f}) | {cpu['full']:.2f} ms "
-                     f"({cpu['full'] / s:.2f}) |")
-    one, two = rows
-    lines += ["",
-              "\"Model step on the input pipeline\" runs in the same process as the model step "
-              "alone, the two inputs taking turns window by window: the most direct measure "
-              "of what the input costs a step. The full loop is a separate `lenshpc train` run "
-              "(all callbacks, per-step stop check, TensorBoard off).",
-              "",
-              f"2 ranks vs 1, model step: {two[2] / one[2]:.2f}x; full loop (training phase): "
-              f"{two[4] / one[4]:.2f}x (both ranks share the same 2 cores, so no gain is "
-              f"expected here; the figure shows what Horovod's allreduce costs on one node).",
-              "",
-              "Goal: full loop (training phase) within 10% of the model step alone, i.e. "
-              "ratio >= 0.90. The whole epoch also pays for validation (a forward pass over "
-              "the fold's validation items) and the checkpoint."]
+        lines, _ = overhead_part(Path(tmp))
+        lines = ["## train: the loop around the step, and the input", "", *lines, "",
+                 *input_part(Path(tmp))]
     from _report import write_section  # bench/ is on sys.path (the script's own folder)
     write_section("train", "\n".join(lines))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=["pipeline", "step"])
+    parser.add_argument("--worker", choices=["step", "input"])
     parser.add_argument("--config")
     parser.add_argument("--data")
+    parser.add_argument("--windows", type=int, default=WINDOWS)
+    parser.add_argument("--mode", choices=["memory", "stream"])
     a = parser.parse_args()
-    if a.worker == "pipeline":
-        worker_pipeline(a.config, a.data)
-    elif a.worker == "step":
-        worker_step(a.config, a.data)
+    if a.worker == "step":
+        worker_step(a.config, a.data, a.windows)
+    elif a.worker == "input":
+        worker_input(a.config, a.data, a.mode)
     else:
         main()

@@ -51,6 +51,33 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def devices_summary(devices: list[dict[str, Any]]) -> str:
+    """run.json's ``devices`` (one record per rank) in a few words for a report, e.g.
+    ``2 x NVIDIA A100-SXM4-40GB; mixed_float16, XLA, 32 steps/call, input memory (device)``
+    or ``1 x CPU (TF without CUDA); float32, 1 step/call, input stream``; ``?`` for none.
+
+    Ranks on different devices are listed as ``n x name`` each; settings are rank 0's
+    (every rank runs the same)."""
+    if not devices:
+        return "?"
+    counts: dict[str, int] = {}
+    for d in devices:
+        name = str(d.get("name", "?"))
+        if d.get("device") == "cpu" and not d.get("tf_built_with_cuda", True):
+            name += " (TF without CUDA)"
+        counts[name] = counts.get(name, 0) + 1
+    text = ", ".join(f"{n} x {name}" for name, n in counts.items())
+    first = devices[0]
+    if "precision" not in first:  # written before these settings were recorded
+        return text
+    spe = first.get("steps_per_execution")
+    parts = [str(first["precision"]), *(["XLA"] if first.get("jit_compile") else []),
+             f"{spe} step{'s' if spe != 1 else ''}/call", f"input {first.get('input', '?')}"
+             + (f" ({first['placement']})" if first.get("placement") not in (None, "host")
+                else "")]
+    return f"{text}; {', '.join(parts)}"
+
+
 def update_best(best: dict[str, float] | None, row: dict[str, float]) -> dict[str, float] | None:
     """The best epoch after history row ``row``: ``row``'s epoch if its val_loss is finite
     and strictly lower than the best so far (a tie keeps the earlier epoch, as Keras'

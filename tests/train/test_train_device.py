@@ -132,3 +132,19 @@ def test_job_given_gpus_on_a_cpu_machine_refuses_in_one_line(train_data, tmp_pat
     assert "the job was given GPUs (SLURM_GPUS_ON_NODE=1, SLURM_JOB_GPUS=0)" in given.stderr
     assert "train.device is gpu" in flag.stderr
     assert not (tmp_path / "runs" / "model3" / "fold-0" / "checkpoint.npz").exists()
+
+
+def test_devices_summary_for_the_report():
+    from lenshpc.train.record import devices_summary
+    gpu = {"rank": 0, "device": "gpu", "name": "NVIDIA A100-SXM4-40GB", "tf_built_with_cuda": True,
+           "precision": "mixed_float16", "jit_compile": True, "steps_per_execution": 32,
+           "input": "memory", "placement": "device"}
+    assert devices_summary([gpu, {**gpu, "rank": 1}]) == (
+        "2 x NVIDIA A100-SXM4-40GB; mixed_float16, XLA, 32 steps/call, input memory (device)")
+    cpu = {"rank": 0, "device": "cpu", "name": "CPU", "tf_built_with_cuda": False,
+           "precision": "float32", "jit_compile": False, "steps_per_execution": 1,
+           "input": "stream", "placement": "host"}
+    assert devices_summary([cpu]) == "1 x CPU (TF without CUDA); float32, 1 step/call, input stream"
+    assert devices_summary([{"device": "cpu", "name": "CPU", "tf_built_with_cuda": False}]) == \
+        "1 x CPU (TF without CUDA)"
+    assert devices_summary([]) == "?"
