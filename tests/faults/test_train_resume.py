@@ -1,4 +1,5 @@
-"""Exact resume of a dropout model and the best epoch's model.
+"""Faults of training: exact resume of a dropout model after SIGTERM and kill -9, the best
+epoch's model, a second trainer of the same job, and damaged checkpoints.
 
 A model with dropout draws a mask at every step; its generators' states are in the
 checkpoint, so a job stopped by SIGTERM or killed with -9 and run again ends with the
