@@ -153,3 +153,17 @@ def test_streamed_job_resumes_exactly(train_data, tmp_path):
     assert history_rows(runs, "model1/fold-0") == history_rows(straight, "model1/fold-0")
     a, b = run_json(runs, "model1/fold-0"), run_json(straight, "model1/fold-0")
     assert a["weights_sha256"] == b["weights_sha256"]
+
+
+@pytest.mark.horovod
+def test_two_ranks_stream_their_own_shards_to_identical_weights(train_data, tmp_path):
+    from tests.train.test_train_horovod import horovodrun
+    cfg = train_config(tmp_path / "s.yaml", epochs=2, tensorboard=False, input="stream",
+                       shuffle_buffer=16, stream_shards=2)
+    runs = tmp_path / "runs"
+    horovodrun(2, "train", "--config", cfg, "--data", train_data, "--out", runs, "--job", 4)
+    run = run_json(runs, "model3/fold-0")
+    assert run["finished"] and run["n_ranks"] == 2
+    assert run["weights_sha256"][0] == run["weights_sha256"][1]
+    assert [d["input"] for d in run["devices"]] == ["stream", "stream"]
+    assert run["timing"]["images"] == [108, 108]   # 2 x 54 items a rank
