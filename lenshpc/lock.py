@@ -99,12 +99,15 @@ def _entry(path: Path, hashed: bool) -> dict:
 def mark_done(folder: str | os.PathLike, product: str, files: Iterable[str | os.PathLike], *,
               info: dict | None = None, hashed: bool = True) -> Path:
     """Write the marker of ``product`` in ``folder`` (atomically, synced), listing ``files``
-    (paths relative to ``folder`` or absolute inside it) with size and sha256."""
-    folder = Path(folder)
+    (absolute, relative to ``folder``, or relative to the working directory, inside
+    ``folder``) with size and sha256."""
+    folder = Path(folder).absolute()
     listed = {}
     for f in files:
         p = Path(f)
-        p = p if p.is_absolute() else folder / p
+        if not p.is_absolute():
+            # relative to the folder, or (a path the caller built) to the working directory
+            p = folder / p if (folder / p).exists() or not p.exists() else p.absolute()
         listed[os.path.relpath(p, folder)] = _entry(p, hashed)
     record = {"version": MARKER_VERSION, "product": product, "files": listed,
               "info": info or {}}

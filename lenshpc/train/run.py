@@ -431,7 +431,12 @@ def _callbacks(plan: JobPlan, state: TrainState, model, optimizer, scaled_lr: fl
     from lenshpc.train.model import rng_states
     from lenshpc.train.record import Recorder
     t, ckpt = plan.cfg.train, plan.checkpoint
-    callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
+    # Horovod's broadcast runs after the first step and also overwrites the other ranks'
+    # BatchNorm statistics with rank 0's. A new job needs it once (epoch 1); a resumed job
+    # starts from the same checkpoint on every rank, so it is left out: broadcasting again
+    # after the first resumed step would make the statistics, hence val_loss, differ from
+    # an uninterrupted run.
+    callbacks = [] if ckpt is not None else [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
     if size > 1:
         callbacks.append(cb.AverageBatchStatistics(
             lambda values: hvd_tf.grouped_allreduce(values, op=hvd_tf.Average)))
