@@ -210,6 +210,17 @@ class Supervisor:
     def _reap_leftovers(self, title: str) -> None:
         """Stop and wait for the stage's processes that outlived their launcher."""
         left = self._leftovers()
+        # A one-process stage under Horovod's MPI leaves Open MPI's singleton daemon
+        # (orted), which exits by itself within a moment: give leftovers that moment.
+        settle = time.monotonic() + 3.0
+        while left and time.monotonic() < settle:
+            for pid in left:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            time.sleep(0.1)
+            left = self._leftovers()
         if not left:
             return
         self.say(f"lenshpc run: {len(left)} process(es) of {title} outlived it; stopping them")

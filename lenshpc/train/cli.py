@@ -71,8 +71,8 @@ def job_table(cfg: Config) -> str:
 def main(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     if args.list_jobs:
-        from lenshpc.cli import world_rank
-        if world_rank() == 0:
+        from lenshpc.parallel import launch_env
+        if launch_env().rank == 0:
             print(job_table(cfg), flush=True)
         return 0
     if not args.data or not args.out:

@@ -31,6 +31,7 @@ import numpy as np
 from lenshpc.config import Config, UserError
 from lenshpc.config.schema import first_difference, to_plain
 from lenshpc.config.train import Job
+from lenshpc.parallel import EXIT_STOPPED, launch_env
 from lenshpc.lock import check_done, clear_done, exclusive
 from lenshpc.train import data
 from lenshpc.train.state import (
@@ -43,8 +44,6 @@ from lenshpc.train.state import (
 )
 
 EXIT_FINISHED = 0
-#: Stopped by a signal after saving the last whole epoch; run the same command to resume.
-EXIT_STOPPED = 75
 #: Validation items whose predictions run.json records (reload check of model.keras).
 N_SAMPLE_PREDICTIONS = 16
 
@@ -54,8 +53,7 @@ def say(*parts: Any) -> None:
 
 
 def _launcher_rank() -> int:
-    from lenshpc.cli import world_rank
-    return world_rank()
+    return launch_env().rank
 
 
 # --------------------------------------------------------------------------- plan (no TF)
