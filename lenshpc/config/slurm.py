@@ -109,8 +109,9 @@ class Slurm:
         "/path/.venv/bin/activate`); empty: activate the environment lenshpc was rendered from.")
     environment: tuple[str, ...] = param(
         ("HDF5_USE_FILE_LOCKING=FALSE",), check=_assignments,
-        doc="NAME=VALUE pairs exported in every job. HDF5 file locking is off by default because "
-        "Lustre and NFS often do not support it (see docs/cluster.md).")
+        doc="NAME=VALUE pairs exported in every job. HDF5_USE_FILE_LOCKING=FALSE (Lustre and "
+        "NFS often do not support HDF5's file locks; see docs/cluster.md) is merged into a "
+        "list you give, unless your list sets HDF5_USE_FILE_LOCKING itself.")
     mpi_launcher: Literal["srun", "mpirun"] = param(
         "srun", doc="How the simulate and evaluate jobs start their MPI ranks.")
     srun_mpi: str | None = param("pmix", doc="`srun --mpi=` value (pmix, pmi2, ...); null: the "
