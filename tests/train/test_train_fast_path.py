@@ -109,3 +109,18 @@ def test_jit_compile_on_one_cpu_rank_trains(train_data, tmp_path):
             "--job", 4, check=True)
     device = run_json(tmp_path / "runs", JOBS[4])["devices"][0]
     assert device["jit_compile"] is True and device["steps_per_execution"] == 1
+
+
+@pytest.mark.horovod
+def test_two_ranks_in_mixed_precision_keep_identical_weights(train_data, tmp_path):
+    # Horovod averages inside Keras' loss scaling: every rank sees the same gradients, so
+    # all skip or all apply each step, and the weights stay identical.
+    from tests.train.test_train_horovod import horovodrun
+    cfg = train_config(tmp_path / "m.yaml", epochs=2, tensorboard=False,
+                       precision="mixed_float16", steps_per_execution=SPE)
+    runs = tmp_path / "runs"
+    horovodrun(2, "train", "--config", cfg, "--data", train_data, "--out", runs, "--job", 0)
+    run = run_json(runs, JOBS[0])
+    assert run["finished"] and run["n_ranks"] == 2
+    assert run["weights_sha256"][0] == run["weights_sha256"][1]
+    assert {d["precision"] for d in run["devices"]} == {"mixed_float16"}
