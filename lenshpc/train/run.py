@@ -31,8 +31,8 @@ import numpy as np
 from lenshpc.config import Config, UserError
 from lenshpc.config.schema import first_difference, to_plain
 from lenshpc.config.train import Job
-from lenshpc.parallel import EXIT_STOPPED, launch_env
 from lenshpc.lock import check_done, clear_done, exclusive
+from lenshpc.parallel import EXIT_STOPPED, launch_env
 from lenshpc.train import data
 from lenshpc.train.state import (
     Checkpoint,
