@@ -7,13 +7,17 @@ It reads top to bottom like Horovod's Keras example:
    and the checkpoint (if any) is read once. A problem is one :class:`UserError` line.
 2. :func:`run_job`: ``hvd.init()``, device pinned by local rank (and checked: a job given
    GPUs never falls back to the CPU silently); the ranks agree on the plan; each rank
-   reads its own part of the fold; model (same seed everywhere; dropout drawn from
-   generators whose state is checkpointed), optimizer scaled by the number of ranks,
-   restored from the checkpoint; callbacks in Horovod's order; ``fit``; rank 0 saves
-   model.keras (the best epoch's weights by default) and, last, the completion marker.
+   reads its own part of the fold (:func:`_inputs`: in memory or streamed from its
+   shards, on a GPU held there or prefetched to it); model (same seed everywhere; dropout
+   drawn from generators whose state is checkpointed) in the configured precision,
+   optimizer scaled by the number of ranks, compiled with ``steps_per_execution`` and
+   XLA as the device suggests (:func:`_compile`), restored from the checkpoint; callbacks
+   in Horovod's order; ``fit``; rank 0 saves model.keras (float32, the best epoch's
+   weights by default) and, last, the completion marker.
 3. SIGTERM/SIGUSR1 set a flag; the ranks agree on it every ``train.stop_check_steps``
-   steps (every call into TensorFlow alone) and stop together, abandoning the unfinished
-   epoch (the last whole epoch is on disk): exit 75.
+   steps (every call into TensorFlow alone, so at most ``steps_per_execution`` steps
+   late) and stop together, abandoning the unfinished epoch (the last whole epoch is on
+   disk): exit 75.
 """
 
 from __future__ import annotations
