@@ -140,18 +140,30 @@ def _under_node_local(path: Path) -> Path | None:
 def run_checks(cfg: Config, facts: SlurmFacts, workdir: Path | None = None,
                prefix: Path | None = None) -> list[Check]:
     """The checks of the module doc, in order. Pure given ``facts``."""
-    s, out = cfg.slurm, []
     if facts.partitions is None:
         return [Check("fail", "slurm", "scontrol did not answer: run this on a Slurm login "
                       "node (or set SLURM_CONF)")]
-    default = next((p for p in facts.partitions.values() if p.default), None)
+    s = cfg.slurm
+    out = _partition_checks(cfg, facts.partitions)
+    out += _srun_checks(cfg, facts)
+    out += [c for c in (_known("account", s.account, facts.accounts),
+                        _known("qos", s.qos, facts.qos)) if c is not None]
+    out += _path_checks(prefix or Path(sys.prefix), workdir)
+    out.append(_hdf5_check(cfg))
+    return out
+
+
+def _partition_checks(cfg: Config, partitions: dict) -> list[Check]:
+    """Per stage: the partition exists, the time fits its MaxTime, train's GPUs exist."""
+    s, out = cfg.slurm, []
+    default = next((p for p in partitions.values() if p.default), None)
     for stage in STAGES:
         job = getattr(s, stage)
         name = job.partition or s.partition
-        part = facts.partitions.get(name) if name else default
+        part = partitions.get(name) if name else default
         where = f"slurm.{stage}" + (".partition" if job.partition else "")
         if part is None:
-            known = ", ".join(sorted(facts.partitions)) or "none"
+            known = ", ".join(sorted(partitions)) or "none"
             out.append(Check("fail", f"{stage} partition",
                              f"{name or '(default)'} does not exist (partitions: {known}); "
                              f"set {where if name else 'slurm.partition'}"))
@@ -172,26 +184,36 @@ def run_checks(cfg: Config, facts: SlurmFacts, workdir: Path | None = None,
                                  "per node; use a GPU partition (slurm.train.partition)"))
             else:
                 out.append(Check("pass", "train GPUs", f"{s.train.gpus} per node on {part.name}"))
-    srun_used = s.mpi_launcher == "srun" or s.train.launcher == "srun"
-    if srun_used and s.srun_mpi:
-        if facts.mpi_plugins is None:
-            out.append(Check("warn", "srun --mpi", "srun --mpi=list did not answer"))
-        elif s.srun_mpi not in facts.mpi_plugins:
-            out.append(Check("fail", "srun --mpi",
-                             f"slurm.srun_mpi {s.srun_mpi!r} is not offered by this Slurm "
-                             f"(srun --mpi=list: {', '.join(sorted(facts.mpi_plugins))})"))
-        else:
-            out.append(Check("pass", "srun --mpi", s.srun_mpi))
-    for what, value, known in (("account", s.account, facts.accounts), ("qos", s.qos, facts.qos)):
-        if value is None:
-            continue
-        if known is None:
-            out.append(Check("warn", what, f"{value}: not checked (sacctmgr unavailable)"))
-        elif value not in known:
-            out.append(Check("fail", what, f"slurm.{what} {value!r} is not known to sacctmgr"))
-        else:
-            out.append(Check("pass", what, value))
-    for what, path in (("python environment", prefix or Path(sys.prefix)), ("workdir", workdir)):
+    return out
+
+
+def _srun_checks(cfg: Config, facts: SlurmFacts) -> list[Check]:
+    s = cfg.slurm
+    if not (s.mpi_launcher == "srun" or s.train.launcher == "srun") or not s.srun_mpi:
+        return []
+    if facts.mpi_plugins is None:
+        return [Check("warn", "srun --mpi", "srun --mpi=list did not answer")]
+    if s.srun_mpi not in facts.mpi_plugins:
+        return [Check("fail", "srun --mpi",
+                      f"slurm.srun_mpi {s.srun_mpi!r} is not offered by this Slurm "
+                      f"(srun --mpi=list: {', '.join(sorted(facts.mpi_plugins))})")]
+    return [Check("pass", "srun --mpi", s.srun_mpi)]
+
+
+def _known(what: str, value: str | None, known: set[str] | None) -> Check | None:
+    """An account or QOS against what sacctmgr lists (None when not asked for)."""
+    if value is None:
+        return None
+    if known is None:
+        return Check("warn", what, f"{value}: not checked (sacctmgr unavailable)")
+    if value not in known:
+        return Check("fail", what, f"slurm.{what} {value!r} is not known to sacctmgr")
+    return Check("pass", what, value)
+
+
+def _path_checks(prefix: Path, workdir: Path | None) -> list[Check]:
+    out = []
+    for what, path in (("python environment", prefix), ("workdir", workdir)):
         if path is None:
             continue
         local = _under_node_local(path)
@@ -200,14 +222,16 @@ def run_checks(cfg: Config, facts: SlurmFacts, workdir: Path | None = None,
                              "usually do not share; use a shared file system"))
         else:
             out.append(Check("pass", what, str(path)))
-    hdf5 = dict(a.split("=", 1) for a in job_environment(s)).get("HDF5_USE_FILE_LOCKING")
-    if hdf5 and hdf5.upper() == "FALSE":
-        out.append(Check("pass", "HDF5 file locking", "HDF5_USE_FILE_LOCKING=FALSE in every job"))
-    else:
-        out.append(Check("warn", "HDF5 file locking",
-                         f"HDF5_USE_FILE_LOCKING={hdf5}: Lustre and NFS often refuse HDF5's "
-                         "locks; set it FALSE in slurm.environment unless yours supports them"))
     return out
+
+
+def _hdf5_check(cfg: Config) -> Check:
+    hdf5 = dict(a.split("=", 1) for a in job_environment(cfg.slurm)).get("HDF5_USE_FILE_LOCKING")
+    if hdf5 and hdf5.upper() == "FALSE":
+        return Check("pass", "HDF5 file locking", "HDF5_USE_FILE_LOCKING=FALSE in every job")
+    return Check("warn", "HDF5 file locking",
+                 f"HDF5_USE_FILE_LOCKING={hdf5}: Lustre and NFS often refuse HDF5's "
+                 "locks; set it FALSE in slurm.environment unless yours supports them")
 
 
 def table(checks: list[Check]) -> str:

@@ -25,8 +25,7 @@ from lenshpc.config import load
 from lenshpc.config.train import jobs
 from lenshpc.lock import mark_done
 from lenshpc.slurm.workdir import Workdir, prepare, progress
-from tests.conftest import (PYTHON, env, lenshpc, mpirun_cmd, require, simulate_dataset,
-                            write_config)
+from tests.conftest import PYTHON, env, lenshpc, mpirun_cmd, require, simulate_dataset, write_config
 
 #: The train tests' small study (32x32 images, 240 of them, 2 folds), one model.
 SMALL = dict(image={"size": 32, "pixel_scale": 0.15},
