@@ -344,6 +344,7 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     mine = todo[world.rank::world.size]
     done_items = sum(len(ranges[k]) for k in the_plan.done if k not in redo)
     renderer = Renderer(cfg.image)
+    io.h5py_module()  # imported now: start-up, not the first shard's writing time
     bar = None
     if world.is_root:
         bar = Progress(cfg.dataset.n_images, done_items, stream=stream, enabled=progress)
