@@ -120,7 +120,7 @@ def _check_number(value: float, path: str) -> None:
                         f"magnitude <= {PARAM_MAX:g}")
 
 
-U = Distribution.of
+dist = Distribution.of
 
 
 def _support(low: float, high: float, unit: str = "") -> Callable[[Distribution], str | None]:
@@ -255,11 +255,11 @@ class Dataset:
 class LensMass:
     """SIE lens mass. e1, e2 are derived from q and phi (phi_q2_ellipticity)."""
 
-    theta_E: Distribution = param(U("lognormal", median=0.8, sigma=0.55, low=0.07, high=3.65),
+    theta_E: Distribution = param(dist("lognormal", median=0.8, sigma=0.55, low=0.07, high=3.65),
                                   unit="arcsec", check=_einstein_radius,
                                   doc="Einstein radius. The study's range 0.07-3.65 arcsec with "
                                       "strong positive skew; the shape (assumed).")
-    q: Distribution = param(U("truncnormal", mean=0.85, sigma=0.25, low=0.2, high=1.0),
+    q: Distribution = param(dist("truncnormal", mean=0.85, sigma=0.25, low=0.2, high=1.0),
                             check=_axis_ratio,
                             doc="Axis ratio (minor/major). The study's range 0.2-1, concentrated "
                                 "towards high values; the shape (assumed) puts enough systems "
@@ -275,14 +275,14 @@ class LensMass:
 class LensLight:
     """SERSIC_ELLIPSE lens light, centred on the lens mass."""
 
-    amp: Distribution = param(U("uniform", low=5.0, high=20.0), unit="flux",
+    amp: Distribution = param(dist("uniform", low=5.0, high=20.0), unit="flux",
                               doc="Amplitude at R_sersic; images are normalised (assumed).")
-    R_sersic: Distribution = param(U("uniform", low=0.3, high=1.5), unit="arcsec",
+    R_sersic: Distribution = param(dist("uniform", low=0.3, high=1.5), unit="arcsec",
                                    check=_half_light_radius,
                                    doc="Half-light radius, 0.3-1.5 arcsec (assumed).")
     n_sersic: Distribution = param(Distribution.constant(4.0), check=_sersic_index,
                                    doc="Sersic index, 4 (assumed).")
-    q: Distribution = param(U("uniform", low=0.6, high=1.0), check=_axis_ratio,
+    q: Distribution = param(dist("uniform", low=0.6, high=1.0), check=_axis_ratio,
                             doc="Axis ratio (assumed).")
     phi: Distribution = param(Distribution.constant(10.0), unit="deg",
                               doc="Position angle, that of the lens mass (assumed).")
@@ -292,20 +292,20 @@ class LensLight:
 class SourceLight:
     """SERSIC_ELLIPSE source, centre given as an offset from the lens centre."""
 
-    amp: Distribution = param(U("uniform", low=20.0, high=80.0), unit="flux",
+    amp: Distribution = param(dist("uniform", low=20.0, high=80.0), unit="flux",
                               doc="Amplitude at R_sersic (assumed).")
-    R_sersic: Distribution = param(U("uniform", low=0.1, high=0.4), unit="arcsec",
+    R_sersic: Distribution = param(dist("uniform", low=0.1, high=0.4), unit="arcsec",
                                    check=_half_light_radius, doc="Half-light radius (assumed).")
     n_sersic: Distribution = param(Distribution.constant(2.5), check=_sersic_index,
                                    doc="Sersic index, 2.5: between disc (1) and elliptical (4) "
                                    "(assumed).")
-    q: Distribution = param(U("uniform", low=0.4, high=1.0), check=_axis_ratio,
+    q: Distribution = param(dist("uniform", low=0.4, high=1.0), check=_axis_ratio,
                             doc="Axis ratio (assumed).")
-    phi: Distribution = param(U("uniform", low=0.0, high=180.0), unit="deg",
+    phi: Distribution = param(dist("uniform", low=0.0, high=180.0), unit="deg",
                               doc="Position angle (assumed).")
-    center_x: Distribution = param(U("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
+    center_x: Distribution = param(dist("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
                                    unit="arcsec", doc="Offset from the lens centre, x (assumed).")
-    center_y: Distribution = param(U("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
+    center_y: Distribution = param(dist("truncnormal", mean=0.0, sigma=0.15, low=-0.4, high=0.4),
                                    unit="arcsec", doc="Offset from the lens centre, y (assumed).")
 
 

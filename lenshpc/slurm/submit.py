@@ -20,7 +20,7 @@ from typing import Callable
 from lenshpc.config import Config, UserError
 from lenshpc.slurm import script
 from lenshpc.slurm.script import Stage
-from lenshpc.slurm.workdir import Progress, Workdir, prepare, progress
+from lenshpc.slurm.workdir import StudyProgress, Workdir, prepare, progress
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Submission:
         return cmd + [str(self.script)]
 
 
-def plan(done: Progress, scripts: Path) -> list[Submission]:
+def plan(done: StudyProgress, scripts: Path) -> list[Submission]:
     """What to submit, in order, given what is done. Pure."""
     chain: list[Submission] = []
     if not done.dataset_complete:

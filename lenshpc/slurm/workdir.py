@@ -149,7 +149,7 @@ def prepare(cfg: Config, wd: Workdir) -> None:
 
 
 @dataclass(frozen=True)
-class Progress:
+class StudyProgress:
     """How far a workdir's pipeline has got."""
 
     dataset_complete: bool
@@ -163,7 +163,7 @@ class Progress:
         return [j for j in range(self.n_jobs) if j not in self.finished]
 
 
-def progress(cfg: Config, wd: Workdir) -> Progress:
+def progress(cfg: Config, wd: Workdir) -> StudyProgress:
     """What is done, by the completion markers (:func:`stage_done`): the dataset, each
     training job, and the report. The report is current when it is finished, was made
     from the dataset and models finished now (as its marker records; else its marker is
@@ -183,4 +183,4 @@ def progress(cfg: Config, wd: Workdir) -> Progress:
                        *(marker_path(wd.runs / j.path, PRODUCTS["train"]) for j in grid)]
         current = match is not False and all(stamp >= p.stat().st_mtime
                                              for p in inputs if p.exists())
-    return Progress(dataset, len(grid), finished, current)
+    return StudyProgress(dataset, len(grid), finished, current)

@@ -16,16 +16,16 @@ import tensorflow as tf
 
 from lenshpc.config.train import TARGETS, DropoutModel, Network
 
-L = tf.keras.layers
+layers = tf.keras.layers
 
 
 def _conv(x, filters: int, kernel: int, stride: int, network: Network, name: str):
     # BatchNorm's shift makes the conv bias redundant.
-    x = L.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not network.batch_norm,
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not network.batch_norm,
                  name=f"{name}_conv")(x)
     if network.batch_norm:
-        x = L.BatchNormalization(momentum=network.batch_norm_momentum, name=f"{name}_bn")(x)
-    return L.ReLU(name=f"{name}_relu")(x)
+        x = layers.BatchNormalization(momentum=network.batch_norm_momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def build_model(network: Network, dropout: DropoutModel, image_size: int,
@@ -39,20 +39,20 @@ def build_model(network: Network, dropout: DropoutModel, image_size: int,
     n = network
     images = tf.keras.Input((image_size, image_size, 1), name="image")
     x = _conv(images, n.conv1_filters, n.conv1_kernel, n.conv1_stride, n, "block1")
-    x = L.MaxPooling2D(n.pool_size, padding="same", name="block1_pool")(x)
+    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block1_pool")(x)
     x = _conv(x, n.conv2_filters, n.conv2_kernel, n.conv2_stride, n, "block2")
-    x = L.MaxPooling2D(n.pool_size, padding="same", name="block2_pool")(x)
+    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block2_pool")(x)
     for i in range(n.conv3_layers):
         x = _conv(x, n.conv3_filters, n.conv3_kernel, 1, n, f"block3_{i + 1}")
-    x = L.MaxPooling2D(n.pool_size, padding="same", name="block3_pool")(x)
-    x = L.Flatten(name="flatten")(x)
-    x = L.Dense(n.dense1, activation="relu", name="dense1")(x)
-    x = L.Dropout(dropout.p1, name="dropout1")(x)
-    x = L.Dense(n.dense2, activation="relu", name="dense2")(x)
-    x = L.Dropout(dropout.p2, name="dropout2")(x)
+    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block3_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(n.dense1, activation="relu", name="dense1")(x)
+    x = layers.Dropout(dropout.p1, name="dropout1")(x)
+    x = layers.Dense(n.dense2, activation="relu", name="dense2")(x)
+    x = layers.Dropout(dropout.p2, name="dropout2")(x)
     # The output layers compute in float32 in any precision (mixed_float16 included).
-    standardised = L.Dense(len(TARGETS), dtype="float32", name="standardised")(x)
-    physical = L.Rescaling(scale=[float(s) for s in target_std],
+    standardised = layers.Dense(len(TARGETS), dtype="float32", name="standardised")(x)
+    physical = layers.Rescaling(scale=[float(s) for s in target_std],
                            offset=[float(m) for m in target_mean], dtype="float32",
                            name="to_physical")(standardised)
     return tf.keras.Model(images, physical, name=f"alexnet_{dropout.name}")

@@ -23,7 +23,7 @@ from lenshpc.lock import mark_done
 from lenshpc.slurm import script
 from lenshpc.slurm.env import from_environ
 from lenshpc.slurm.submit import plan
-from lenshpc.slurm.workdir import Progress, Workdir, prepare, progress
+from lenshpc.slurm.workdir import StudyProgress, Workdir, prepare, progress
 from tests.conftest import ROOT, lenshpc, write_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -196,13 +196,13 @@ def test_submit_dry_run_shows_the_chain_and_resubmits_only_what_is_missing(tmp_p
 def test_plan_rules():
     scripts = Path("/w/slurm")
     stages = lambda p: [(s.stage, s.array, s.after) for s in plan(p, scripts)]  # noqa: E731
-    fresh = Progress(False, 4, frozenset(), False)
+    fresh = StudyProgress(False, 4, frozenset(), False)
     assert stages(fresh) == [("simulate", None, None), ("train", (0, 1, 2, 3), "simulate"),
                              ("evaluate", None, "train")]
-    trained = Progress(True, 4, frozenset({0, 1, 2, 3}), False)
+    trained = StudyProgress(True, 4, frozenset({0, 1, 2, 3}), False)
     assert stages(trained) == [("evaluate", None, None)]
-    assert stages(Progress(True, 4, frozenset({0, 1, 2, 3}), True)) == []
-    assert stages(Progress(True, 4, frozenset({1}), False)) == [
+    assert stages(StudyProgress(True, 4, frozenset({0, 1, 2, 3}), True)) == []
+    assert stages(StudyProgress(True, 4, frozenset({1}), False)) == [
         ("train", (0, 2, 3), None), ("evaluate", None, "train")]
 
 
@@ -220,7 +220,7 @@ def test_progress_report_is_current_only_when_newer_than_every_run(tmp_path):
     (wd.report / "table1.csv").write_text("model\n")
     marker = mark_done(wd.report, "report", ["table1.csv"])
     os.utime(marker, (1e10, 1e10))
-    assert progress(cfg, wd) == Progress(True, len(grid), frozenset(range(len(grid))), True)
+    assert progress(cfg, wd) == StudyProgress(True, len(grid), frozenset(range(len(grid))), True)
     # job 2 trained further (its marker rewritten after the report's)
     os.utime(wd.runs / grid[2].path / "train.done.json", (2e10, 2e10))
     assert not progress(cfg, wd).report_current
