@@ -15,9 +15,10 @@ Part 1, the per-step overhead (debug network, one rank on the CPU):
 
 Part 2, the input at the paper's 112x112 images (paper network, batch 64):
 
-* input alone, in memory (the share read before training) and streamed (the rank's shards
-  read during training through a shuffle buffer): images/s that the ``tf.data`` pipeline
-  delivers with no model attached, and the worker's peak RSS;
+* input alone, in memory (the share read before training, each batch one gather inside
+  TensorFlow) and streamed (the rank's shards read during training through a shuffle
+  buffer, batches made in Python): images/s that the ``tf.data`` pipeline delivers with no
+  model attached, and the worker's peak RSS;
 * the paper network's model step alone on this machine, for the ratio (goal: the streamed
   input >= 5x the model step, so input is never the bottleneck).
 
@@ -121,10 +122,12 @@ def worker_input(config: str, data: str, mode: str) -> None:
     if mode == "memory":
         x, y = D.read_items(plan.dataset, items, t.read_block_mb << 20)
         batches = D.TrainBatches(x, y, items, n_items=plan.dataset.n_items, **common)
+        ds = D.tf_resident_dataset(batches, t.prefetch_batches)
     else:
         batches = StreamBatches(plan.dataset, items, buffer=t.shuffle_buffer,
                                 shards_at_once=t.stream_shards, **common)
-    it = iter(D.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches))
+        ds = D.tf_dataset(batches, plan.dataset.image_shape, t.prefetch_batches)
+    it = iter(ds)
     next(it)
     t0, n = time.perf_counter(), 0
     for _ in range(3 * batches.steps):
@@ -336,11 +339,13 @@ def estimate_part(cpu_step: float, memory_input: float) -> list[str]:
         f"microseconds per launch: {batch / 2e-3:,.0f}-{batch / 1e-3:,.0f} img/s whatever "
         "the arithmetic. XLA fuses them into a few dozen; 32 steps per call removes the "
         "host's per-step synchronisation.",
-        "- **Input.** Held on the GPU (the paper's fold is 3.5 GB), a batch is one gather on "
-        "the device. Fed from the host, a 3.2 MB batch is 0.1 ms over PCIe 4, but the Python "
-        f"generator that gathers it took {feed_ms:.2f} ms here (the memory input rate above), "
-        f"{memory_input:,.0f} img/s against the GPU's estimated 15,000-40,000 below; hence "
-        "the share on the device.",
+        "- **Input.** In memory mode a batch is one gather inside TensorFlow with no Python "
+        f"per step ({feed_ms:.2f} ms per batch of {batch} on this CPU, the memory input rate "
+        "above). Held on the GPU (the paper's fold, 3.5 GB, fits) the gather runs there; "
+        "held on the host, the 3.2 MB batch crosses PCIe 4 in about 0.1 ms, ahead of the "
+        "step. The streamed input makes its batches in Python (the stream rate above, per "
+        "core): enough for a CPU, not for a GPU at these rates; use memory mode on GPUs "
+        "whenever the share fits the node.",
         "",
         "Estimate (the bounds partly add up: one step's kernels run one after the other): "
         "float32 with 32 steps per call but no XLA, "

@@ -173,12 +173,10 @@ class TrainBatches:
             yield from self.epoch(epoch)
             epoch += 1
 
-    def positions(self) -> Iterator[np.ndarray]:
-        """Batch positions, epoch after epoch (for a share held on the device)."""
-        epoch = self.first_epoch
-        while True:
-            yield from self.epoch_positions(epoch)
-            epoch += 1
+    def epoch_sequence(self, epoch: int) -> np.ndarray:
+        """The positions of epoch ``epoch``, batch after batch, as one int64 array of
+        ``n_use`` (consecutive slices of ``batch_size`` are the batches)."""
+        return np.concatenate(list(self.epoch_positions(epoch))).astype(np.int64)
 
 
 class EvalBatches:
@@ -211,20 +209,34 @@ def tf_dataset(batches, image_shape: tuple[int, int], prefetch: int, device: str
     return ds.apply(tf.data.experimental.prefetch_to_device(device, buffer_size=prefetch))
 
 
-def tf_resident_dataset(batches: TrainBatches, device: str, prefetch: int):
-    """The training batches of a share held in the memory of ``device`` (``/gpu:0``; any
-    device works, ``/cpu:0`` in the tests): images and labels are copied there once,
-    each step only receives the batch's positions and gathers its items on the device.
-    The same batches as :func:`tf_dataset` over ``batches``."""
+def tf_resident_dataset(batches: TrainBatches, prefetch: int, hold: str = "/cpu:0",
+                        to: str | None = None):
+    """The training batches of an in-memory share, gathered inside TensorFlow: the share
+    is a tensor on device ``hold`` (the host, or ``/gpu:0`` when it fits there); the
+    epoch's positions come from one Python call per epoch (:meth:`TrainBatches.
+    epoch_sequence`), and each batch is one gather on ``hold``, with no Python per step.
+    ``to`` (``/gpu:0``) copies host-held batches to the device ahead of the step. The
+    same batches, bit for bit, as :func:`tf_dataset` over ``batches``."""
     import tensorflow as tf
-    with tf.device(device):
-        images = tf.identity(tf.convert_to_tensor(batches.images))
-        labels = tf.identity(tf.convert_to_tensor(batches.labels))
-    ds = tf.data.Dataset.from_generator(batches.positions,
-                                        output_signature=tf.TensorSpec((None,), tf.int64))
-    ds = ds.with_options(_options()).apply(tf.data.experimental.copy_to_device(device))
-    with tf.device(device):
+    with tf.device(hold):
+        # On the host this holds numpy's buffer, not a copy of it.
+        images = tf.convert_to_tensor(batches.images)
+        labels = tf.convert_to_tensor(batches.labels)
+
+    def one_epoch(epoch):
+        positions = tf.numpy_function(lambda e: batches.epoch_sequence(int(e)), [epoch],
+                                      tf.int64, stateful=False)
+        positions.set_shape([batches.n_use])
+        return tf.data.Dataset.from_tensor_slices(positions).batch(batches.batch_size)
+
+    ds = tf.data.Dataset.range(batches.first_epoch, 2**62).flat_map(one_epoch)
+    ds = ds.with_options(_options())
+    if hold != "/cpu:0":
+        ds = ds.apply(tf.data.experimental.copy_to_device(hold))
+    with tf.device(hold):
         ds = ds.map(lambda take: (tf.gather(images, take), tf.gather(labels, take)))
+        if to is not None and hold == "/cpu:0":
+            return ds.apply(tf.data.experimental.prefetch_to_device(to, buffer_size=prefetch))
         return ds.prefetch(prefetch)
 
 

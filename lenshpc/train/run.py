@@ -349,10 +349,11 @@ def _inputs(plan: JobPlan, rank: int, size: int, local_size: int, device: dict[s
     placement = "host"
     if gpu:
         placement = place_share(x_train.nbytes + y_train.nbytes, device.get("memory_bytes"))
-    if gpu and placement == "device":
-        train = data.tf_resident_dataset(batches, gpu, t.prefetch_batches)
-    else:
-        train = data.tf_dataset(batches, (h, w), t.prefetch_batches, gpu)
+    # Each batch is one gather inside TensorFlow from the share held on the GPU (when it
+    # fits) or on the host (then copied to the GPU, if any, ahead of the step).
+    train = data.tf_resident_dataset(batches, t.prefetch_batches,
+                                     hold=gpu if gpu and placement == "device" else "/cpu:0",
+                                     to=gpu)
     val = data.tf_dataset(data.EvalBatches(x_val, y_val, t.batch_size), (h, w),
                           t.prefetch_batches, n_batches=val_steps)
     return Inputs(train, val, batches.steps, mode, placement, reason, val_ids,

@@ -105,12 +105,16 @@ def test_share_held_on_a_device_gives_the_same_batches(share):
     batches = data.TrainBatches(x, y, train, n_use=len(train), batch_size=16, seed=SEED,
                                 fold=FOLD, n_items=index.n_items, first_epoch=2)
     host = iter(data.tf_dataset(batches, index.image_shape, 2))
-    resident = iter(data.tf_resident_dataset(batches, "/cpu:0", 2))
+    resident = iter(data.tf_resident_dataset(batches, 2))
+    # The GPU's code paths, with the CPU standing in for the device.
+    held = iter(data.tf_resident_dataset(batches, 2, hold="/device:CPU:0"))
+    copied = iter(data.tf_resident_dataset(batches, 2, to="/cpu:0"))
     prefetched = iter(data.tf_dataset(batches, index.image_shape, 2, device="/cpu:0"))
     for _ in range(2 * batches.steps):
-        a, b, c = next(host), next(resident), next(prefetched)
-        for u, v, w in zip(a, b, c, strict=True):
-            assert np.array_equal(u.numpy(), v.numpy()) and np.array_equal(u.numpy(), w.numpy())
+        a, *others = next(host), next(resident), next(held), next(copied), next(prefetched)
+        for other in others:
+            for u, v in zip(a, other, strict=True):
+                assert np.array_equal(u.numpy(), v.numpy())
     assert tf.config.list_physical_devices("GPU") == []
 
 
