@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from lenshpc.config import Config, UserError, to_plain
+from lenshpc.config import Config, UserError, from_yaml_text, to_plain
+from lenshpc.config.schema import first_difference
 from lenshpc.config.train import jobs
 from lenshpc.io import atomic_write_text
 from lenshpc.lock import Done, check_done, marker_path
@@ -106,20 +107,6 @@ def _report_inputs_match(wd: Workdir, grid: list, report_info: dict[str, Any]) -
     return True
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The key path where two plain config trees first differ, or None.
-
-    Keys only one side has are skipped: they come from another lenshpc version (a key
-    added with its default, or removed), not from the user."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) & set(new), key=str):
-            diff = _first_difference(old[key], new[key], f"{path}.{key}" if path else key)
-            if diff:
-                return diff
-        return None
-    return None if old == new else (path or "(top level)")
-
-
 def prepare(cfg: Config, wd: Workdir) -> None:
     """Create the workdir's folders and write ``W/config.yaml``.
 
@@ -127,14 +114,16 @@ def prepare(cfg: Config, wd: Workdir) -> None:
     ``evaluate:`` is refused (UserError): its dataset and runs belong to that config."""
     if wd.root.exists() and not wd.root.is_dir():
         raise UserError(f"--workdir {wd.root} exists and is not a directory")
-    new = to_plain(cfg)
     if wd.config.is_file():
+        # Read through the loader, so keys a newer lenshpc added take their defaults.
         try:
-            old = yaml.safe_load(wd.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"--workdir {wd.root}: cannot read {wd.config.name}: {exc}") from None
+            old = to_plain(from_yaml_text(wd.config.read_text()))
+        except (OSError, yaml.YAMLError, UserError) as exc:
+            raise UserError(f"--workdir {wd.root}: cannot read {wd.config.name}: "
+                            f"{str(exc).splitlines()[0]}") from None
+        new = to_plain(cfg)
         strip = lambda d: {k: v for k, v in d.items() if k not in MUTABLE_SECTIONS}  # noqa: E731
-        diff = _first_difference(strip(old) if isinstance(old, dict) else old, strip(new))
+        diff = first_difference(strip(old), strip(new))
         if diff:
             raise UserError(f"--workdir {wd.root} was made from a different config (they differ "
                             f"at {diff}); use a new workdir for it")

@@ -240,7 +240,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"lenshpc slurm: error: --workdir {w} was made from a different config "
-        "(they differ at train.epochs); use a new workdir for it"]
+        "(they differ at train.epochs: 20 -> 7); use a new workdir for it"]
     assert (w / "config.yaml").read_text() == before
 
 
