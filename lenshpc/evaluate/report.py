@@ -24,6 +24,7 @@ from lenshpc.evaluate.tables import (COVERAGE_COLUMNS, METRICS_CSV_COLUMNS, PSNR
                                      group_by_model, job_metrics_rows, job_summary, md_table,
                                      model_fold, psnr_row, table1_csv, table1_latex,
                                      table1_markdown, table1_rows)
+from lenshpc.train.record import devices_summary
 from lenshpc.train.state import read_history
 
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
@@ -274,10 +275,12 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
         rows.append([job.key, str(job.job), fmt_number(r.get("p1")), fmt_number(r.get("p2")),
                      f"{r.get('epochs_done', '?')}"
                      + (" (early stop)" if r.get("early_stopped") else ""),
-                     str(r.get("n_ranks", "?")), f"`{str(a.get('model_checksum', ''))[:12]}`",
-                     str(clamped)])
-    L.append(md_table(["job", "index", "p1", "p2", "epochs", "train ranks",
-                       "model.keras sha256", "clamped for re-render"], rows))
+                     f"{r.get('model_epoch', '?')} ({r.get('keep', 'last')})",
+                     devices_summary(r.get("devices") or []),
+                     f"`{str(a.get('model_checksum', ''))[:12]}`", str(clamped)])
+    L.append(md_table(["job", "index", "p1", "p2", "epochs", "model of epoch",
+                       "trained on (ranks x device; settings)", "model.keras sha256",
+                       "clamped for re-render"], rows))
     L += ["### Jobs missing or unfinished (skipped)", ""]
     L += [f"- {k}: {reason}" for k, reason in skipped] or ["- none"]
     L += [""]
