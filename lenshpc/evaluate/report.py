@@ -19,6 +19,7 @@ import numpy as np
 from lenshpc import __version__
 from lenshpc.config.train import TARGETS
 from lenshpc.evaluate import figures, metrics, store
+from lenshpc.io import atomic_write_text
 from lenshpc.evaluate.tables import (COVERAGE_COLUMNS, METRICS_CSV_COLUMNS, PSNR_COLUMNS,
                                      coverage_rows, csv_text, fmt_number, fmt_pm,
                                      group_by_model, job_metrics_rows, job_summary, md_table,
@@ -58,7 +59,7 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     written: list[Path] = []
 
     def write(name: str, text: str) -> None:
-        store.write_text(out_dir / name, text)
+        atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
 
     preds = store.read_predictions(out_dir / store.PREDICTIONS)

@@ -31,7 +31,7 @@ import numpy as np
 from lenshpc import io
 from lenshpc.config import UserError
 from lenshpc.evaluate.kernels import first_nonfinite, true_parameters
-from lenshpc.io import atomic_path, atomic_write_text, file_sha256
+from lenshpc.io import atomic_path, file_sha256
 from lenshpc.lock import check_done, marker_path
 
 PREDICTIONS = "predictions.h5"
@@ -41,11 +41,6 @@ ARRAYS = ("index", "true", "pred", "psnr", "mse", "clamped", "pred_std")
 REPORT_PRODUCT = "report"
 TRAIN_PRODUCT = "train"
 MODEL_FILE = "model.keras"
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    atomic_write_text(path, text)
 
 
 def _text(v: Any) -> str:
