@@ -7,7 +7,7 @@ from typing import Literal
 
 from lenshpc.config.schema import UserError, param
 
-#: Network outputs, in this order (METHOD.md section 2).
+#: Network outputs, in this order (docs/method.md section 2).
 TARGETS = ("theta_E", "q", "e1", "e2")
 
 
@@ -26,7 +26,7 @@ class DropoutModel:
 
 @dataclass(frozen=True)
 class Network:
-    """The modified AlexNet of METHOD.md section 2 (widths and kernels configurable)."""
+    """The modified AlexNet of docs/method.md section 2 (widths and kernels configurable)."""
 
     conv1_filters: int = param(128, ge=1, le=8192, doc="Block 1 filters.")
     conv1_kernel: int = param(11, ge=1, le=64, unit="pixels", doc="Block 1 kernel size, 11 "

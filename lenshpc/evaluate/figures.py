@@ -1,7 +1,8 @@
-"""The study's figures (METHOD.md section 5) from plain arrays, as matplotlib Figures.
+"""The study's figures (docs/method.md section 5) from plain arrays, as matplotlib Figures.
 
 Each ``fig_*`` function takes arrays and labels and returns a
-:class:`matplotlib.figure.Figure` (no pyplot, no global state; rendered by Agg);
+:class:`matplotlib.figure.Figure` (no pyplot, rendered by Agg; the one global state
+touched is matplotlib's rcParams font sizes, set by :func:`_figure`);
 :func:`save` writes it as PNG and PDF atomically. Parameters are ``theta_E`` (arcsec),
 ``q``, ``e1``, ``e2`` (dimensionless); images are normalised to a maximum of 1 and
 shown on sky axes in arcsec.

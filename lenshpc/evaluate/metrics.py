@@ -1,4 +1,4 @@
-"""The study's figures of merit (METHOD.md section 3) as pure numpy functions.
+"""The study's figures of merit (docs/method.md section 3) as pure numpy functions.
 
 Everything here takes arrays and returns numbers or arrays; no files, no MPI. Parameter
 arrays are ``(N,)`` for one parameter or ``(N, 4)`` for ``theta_E, q, e1, e2``
@@ -93,7 +93,7 @@ def n_below_floor(true, floor: float = REL_ERR_FLOOR) -> int:
 
 @dataclass(frozen=True)
 class ParameterMetrics:
-    """The METHOD.md section 3 figures of one parameter on one job's test set.
+    """The docs/method.md section 3 figures of one parameter on one job's test set.
 
     ``d = pred - true``; ``mae``, ``bias``, ``median_bias``, ``sigma``, ``nmad`` are in
     the parameter's unit, ``rel_err_*`` are fractions (over items with ``true != 0``),

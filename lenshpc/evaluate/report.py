@@ -352,7 +352,7 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
                     for r in p_rows]), ""]
 
     L += ["## Metrics per job and parameter", "",
-          "METHOD.md section 3 with d = pred - true: MAE, bias = mean(d), median_bias = "
+          "docs/method.md section 3 with d = pred - true: MAE, bias = mean(d), median_bias = "
           "median(d), sigma = (P84(d) - P16(d)) / 2, NMAD = 1.4826 median(|d - median(d)|) in "
           "the parameter's unit (theta_E: arcsec); relative error |d| / |true| over items with "
           "true != 0: median and 90th percentile; |d| / std(true): median and 90th "

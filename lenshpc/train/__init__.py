@@ -1,4 +1,4 @@
-"""lenshpc.train: Horovod data-parallel training of the modified AlexNet (METHOD.md section 2).
+"""lenshpc.train: Horovod data-parallel training of the modified AlexNet (docs/method.md section 2).
 
 One job = one dropout model on one fold. Modules: ``cli`` (the ``train`` sub-command),
 ``run`` (checks, then the Horovod driver), ``data`` (dataset checks, folds, a rank's share

@@ -1,4 +1,4 @@
-"""The modified AlexNet of METHOD.md section 2 and its weighted loss.
+"""The modified AlexNet of docs/method.md section 2 and its weighted loss.
 
 The network body predicts standardised targets; its last layer, a fixed ``Rescaling``
 with scale = std and offset = mean of the training fold, maps them to physical units
@@ -65,7 +65,7 @@ def set_precision(precision: str) -> None:
 
 
 def weighted_mse(weights: Sequence[float], target_std: Sequence[float] | np.ndarray):
-    """Loss of METHOD.md: mean over the batch of sum_j w_j (y_j - yhat_j)^2, with y and
+    """Loss of docs/method.md: mean over the batch of sum_j w_j (y_j - yhat_j)^2, with y and
     yhat standardised (divided by the training fold's std; the means cancel)."""
     w = tf.constant(np.asarray(weights, np.float32))
     inv_std = tf.constant(1.0 / np.asarray(target_std, np.float32))
