@@ -137,6 +137,19 @@ class Train:
         raise UserError(f"unknown model {name!r}; the config has {', '.join(m.name for m in self.models)}")
 
 
+def job_key(model: str, fold: int) -> str:
+    """A job's name and its folder under RUNS: ``<model>/fold-<k>`` (the one builder)."""
+    return f"{model}/fold-{fold}"
+
+
+def parse_job_key(key: str) -> tuple[str, int]:
+    """``(model, fold)`` of a :func:`job_key`; ValueError if ``key`` is not one."""
+    model, _, fold = key.rpartition("/")
+    if not model or not fold.startswith("fold-") or not fold[5:].isdigit():
+        raise ValueError(f"not a job key: {key!r}")
+    return model, int(fold[5:])
+
+
 @dataclass(frozen=True)
 class Job:
     """One training job of the experiment grid: a dropout model on one fold."""
@@ -148,7 +161,7 @@ class Job:
     @property
     def path(self) -> str:
         """Where the job's products live, relative to RUNS."""
-        return f"{self.model.name}/fold-{self.fold}"
+        return job_key(self.model.name, self.fold)
 
 
 def jobs(train: Train, n_folds: int) -> list[Job]:

@@ -26,7 +26,7 @@ from lenshpc.evaluate.tables import (COVERAGE_COLUMNS, METRICS_CSV_COLUMNS, PSNR
                                      model_fold, psnr_row, table1_csv, table1_latex,
                                      table1_markdown, table1_rows)
 from lenshpc.train.record import devices_summary
-from lenshpc.train.state import read_history
+from lenshpc.train.state import JobFiles, read_history
 
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
 
@@ -73,7 +73,7 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     write("psnr.csv", csv_text(p_rows, PSNR_COLUMNS))
 
     directories = {j.key: j.directory for j in jobs}
-    summaries = {k: job_summary(preds[k], read_history(directories[k] / "history.csv"), floor)
+    summaries = {k: job_summary(preds[k], read_history(JobFiles(directories[k]).history), floor)
                  for k in keys}
     t1 = table1_rows(summaries)
     caption = (f"{cfg.name}: Table 1, mean +- standard deviation over folds "
@@ -136,7 +136,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     histories: dict[str, list] = {}
     for job in jobs:
         if job.key in preds:
-            h = read_history(job.directory / "history.csv")
+            h = read_history(JobFiles(job.directory).history)
             if h is not None:
                 histories.setdefault(job.model, []).append(h)
     if histories:

@@ -30,9 +30,11 @@ import numpy as np
 
 from lenshpc import io
 from lenshpc.config import UserError
+from lenshpc.config.train import job_key, parse_job_key
 from lenshpc.evaluate.kernels import first_nonfinite, true_parameters
 from lenshpc.io import atomic_path, file_sha256
 from lenshpc.lock import check_done, marker_path
+from lenshpc.train.state import JobFiles
 
 PREDICTIONS = "predictions.h5"
 #: Datasets of a job group in predictions.h5.
@@ -40,7 +42,7 @@ ARRAYS = ("index", "true", "pred", "psnr", "mse", "clamped", "pred_std")
 #: The report folder's completion marker, and train's (written by ``lenshpc train``).
 REPORT_PRODUCT = "report"
 TRAIN_PRODUCT = "train"
-MODEL_FILE = "model.keras"
+MODEL_FILE = JobFiles.MODEL_NAME
 
 
 def _text(v: Any) -> str:
@@ -158,7 +160,7 @@ class JobRun:
     @property
     def key(self) -> str:
         """Its group in predictions.h5 and its path under RUNS: ``<model>/fold-<k>``."""
-        return f"{self.model}/fold-{self.fold}"
+        return job_key(self.model, self.fold)
 
     @property
     def model_file(self) -> Path:
@@ -214,15 +216,16 @@ def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int,
         raise UserError(f"--runs {runs_dir}: no such directory")
     order = {name: i for i, name in enumerate(model_names)}
     keys = {(m, k) for m in model_names for k in range(n_folds)}
-    for p in runs.glob("*/fold-*/run.json"):
-        number = p.parent.name.removeprefix("fold-")
-        if number.isdigit():
-            keys.add((p.parent.parent.name, int(number)))
+    for p in runs.glob(f"*/fold-*/{JobFiles.RUN_JSON_NAME}"):
+        try:
+            keys.add(parse_job_key(f"{p.parent.parent.name}/{p.parent.name}"))
+        except ValueError:
+            continue
     finished, skipped = [], []
     for model, fold in sorted(keys, key=lambda mk: (order.get(mk[0], len(order)), mk[0], mk[1])):
-        directory = runs / model / f"fold-{fold}"
-        key = f"{model}/fold-{fold}"
-        run_json = directory / "run.json"
+        key = job_key(model, fold)
+        directory = runs / key
+        run_json = JobFiles(directory).run_json
         if not run_json.is_file():
             skipped.append((key, "missing (no run.json)"))
             continue
@@ -325,7 +328,7 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with h5py.File(path, "r") as f:
         for model in f:
-            for fold in sorted(f[model], key=lambda name: int(name.removeprefix("fold-"))):
+            for fold in sorted(f[model], key=lambda name: parse_job_key(f"{model}/{name}")[1]):
                 g = f[model][fold]
                 entry = {name: g[name][...] for name in ARRAYS if name in g}
                 entry["attrs"] = {k: (_text(v) if isinstance(v, bytes) else v)

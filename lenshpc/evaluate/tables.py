@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lenshpc.config.train import TARGETS
+from lenshpc.config.train import TARGETS, parse_job_key
 from lenshpc.evaluate import metrics
 
 PSNR_COLUMNS = ("model", "fold", "psnr_median", "psnr_mean", "mse_mean", "n", "n_inf")
@@ -50,8 +50,7 @@ TABLE1 = tuple(n for n, _, _ in JOB_FIGURES) + tuple(
 
 
 def model_fold(key: str) -> tuple[str, int]:
-    model, fold = key.split("/")
-    return model, int(fold.removeprefix("fold-"))
+    return parse_job_key(key)
 
 
 def group_by_model(keys: Iterable[str]) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ from lenshpc.config.train import jobs
 from lenshpc.io import atomic_write_text
 from lenshpc.lock import Done, check_done, marker_path
 from lenshpc.slurm.script import Paths, Stage
+from lenshpc.train.state import JobFiles
 
 #: Sections a workdir's config may change between submissions: they do not change
 #: what the dataset or the trained models are (evaluate is redone when they change).
@@ -101,7 +102,7 @@ def _report_inputs_match(wd: Workdir, grid: list, report_info: dict[str, Any]) -
         return False
     if isinstance(models, dict):
         now = {j.path: ((_marker(wd.runs / j.path, "train").get("files") or {})
-                        .get("model.keras") or {}).get("sha256") for j in grid}
+                        .get(JobFiles.MODEL_NAME) or {}).get("sha256") for j in grid}
         if models != now:
             return False
     return True

@@ -40,21 +40,26 @@ class JobFiles:
 
     root: Path
 
+    #: File names inside a job folder (the contract with evaluate and the Slurm chain).
+    MODEL_NAME = "model.keras"
+    RUN_JSON_NAME = "run.json"
+    HISTORY_NAME = "history.csv"
+
     @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.npz"
 
     @property
     def history(self) -> Path:
-        return self.root / "history.csv"
+        return self.root / self.HISTORY_NAME
 
     @property
     def run_json(self) -> Path:
-        return self.root / "run.json"
+        return self.root / self.RUN_JSON_NAME
 
     @property
     def model(self) -> Path:
-        return self.root / "model.keras"
+        return self.root / self.MODEL_NAME
 
     @property
     def logs(self) -> Path:
