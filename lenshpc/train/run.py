@@ -535,9 +535,10 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     # 6. Fit, from the first epoch not yet done.
     if first_epoch < plan.epochs and not state.early_stopped:
         try:
-            model.fit(inputs.train, epochs=plan.epochs, initial_epoch=first_epoch,
-                      steps_per_epoch=inputs.steps, validation_data=inputs.val,
-                      callbacks=callbacks, verbose=0)
+            with _disk_full_is_one_line(plan, model):
+                model.fit(inputs.train, epochs=plan.epochs, initial_epoch=first_epoch,
+                          steps_per_epoch=inputs.steps, validation_data=inputs.val,
+                          callbacks=callbacks, verbose=0)
         except cb.Stopped:
             if root:
                 say(f"{plan.name}: stopped by {stop.signal or 'a signal on another rank'}; "
@@ -561,13 +562,32 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     if size > 1:
         digests = hvd_tf.allgather_object(digests[0], name="weights_sha256")
     if root:
-        recorder.finish(_final_model(plan, model), digests, inputs.sample, inputs.val_ids,
-                        N_SAMPLE_PREDICTIONS)
+        with _disk_full_is_one_line(plan, model):
+            recorder.finish(_final_model(plan, model), digests, inputs.sample,
+                            inputs.val_ids, N_SAMPLE_PREDICTIONS)
         best = state.best
         say(f"{plan.name}: finished after {state.epochs_done} epoch(s)"
             f"{' (early stop)' if state.early_stopped else ''}; best epoch {best['epoch']} "
             f"(val_loss {best['val_loss']:.4g}); model ({t.keep}) in {plan.files.model}")
     return EXIT_FINISHED
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(plan: JobPlan, model):
+    """A full disk while writing the job's files: one line naming the folder and about
+    how many bytes a checkpoint needs (weights, optimizer slots, best weights); the last
+    whole epoch stays on disk, so a rerun after freeing space resumes from it."""
+    from lenshpc.io import free_bytes, human_bytes, is_disk_full
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        need = 5 * sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+        raise UserError(f"disk full writing {plan.files.root}: a checkpoint and the model "
+                        f"need about {human_bytes(need)}, {human_bytes(free_bytes(plan.files.root))}"
+                        f" free; free space and run the same command to resume from the last "
+                        f"whole epoch") from None
 
 
 def _agree(plan: JobPlan, problem: str | None, size: int, tf, hvd_tf) -> None:
