@@ -162,12 +162,12 @@ def per_point(n_systems: int) -> dict:
 def compression_table(n_images: int) -> list[tuple]:
     """Each dataset.compression on n_images of 112x112 ss3 (noise-free, and noisy: background
     1% of the maximum, Poisson with 1000 s): bytes per image and size against none, CPU
-    seconds per image to write (io.write_shard) and to read back (io.read_shard)."""
+    seconds per image to write (write_shard) and to read back (read_shard)."""
     from dataclasses import replace
 
-    from lenshpc import io
     from lenshpc.config import loads
     from lenshpc.config.simulate import Image
+    from lenshpc.dataset.shards import COMPRESSIONS, read_shard, write_shard
     from lenshpc.simulate import population as pop
     from lenshpc.simulate.render import TRUTH_NAMES, Renderer
     rows = []
@@ -182,15 +182,15 @@ def compression_table(n_images: int) -> list[tuple]:
         tmp = Path(tempfile.mkdtemp(prefix="lenshpc-bench-comp-"))
         try:
             base = None
-            for option in io.COMPRESSIONS:
+            for option in COMPRESSIONS:
                 path = tmp / f"{option}.h5"
                 best_w = best_r = float("inf")
                 for _ in range(REPEAT):
                     c0 = time.process_time()
-                    io.write_shard(path, 0, images, labels, truth, label_names=pop.LABEL_NAMES,
-                                   truth_names=TRUTH_NAMES, attrs={}, compression=option)
+                    write_shard(path, 0, images, labels, truth, label_names=pop.LABEL_NAMES,
+                                truth_names=TRUTH_NAMES, attrs={}, compression=option)
                     c1 = time.process_time()
-                    back = io.read_shard(path)[0]
+                    back = read_shard(path)[0]
                     c2 = time.process_time()
                     best_w, best_r = min(best_w, c1 - c0), min(best_r, c2 - c1)
                 assert np.array_equal(back, images)
@@ -205,26 +205,28 @@ def compression_table(n_images: int) -> list[tuple]:
 def index_build(n_items: int) -> tuple[int, float, float, float]:
     """A synthetic dataset of ``n_items`` in shards of 5,085 items (112x112 paper items at
     dataset.shard_mb 256; images of 1x1 pixel here, the index build copies labels and truth
-    and maps the images): (shards, wall s, CPU s of io.write_index, wall s of io.read_index)."""
-    from lenshpc import io
+    and maps the images): (shards, wall s, CPU s of write_index, wall s of read_index)."""
+    from lenshpc.dataset import SHARDS
+    from lenshpc.dataset.index import read_index, write_index
+    from lenshpc.dataset.shards import shard_path, shard_ranges, write_shard
     per_shard = 5085
     root = Path(tempfile.mkdtemp(prefix="lenshpc-bench-index-"))
     try:
-        (root / io.SHARDS).mkdir()
-        ranges = io.shard_ranges(n_items, per_shard)
+        (root / SHARDS).mkdir()
+        ranges = shard_ranges(n_items, per_shard)
         rng = np.random.default_rng(0)
         names = [f"p{i}" for i in range(19)]
         for k, r in enumerate(ranges):
-            io.write_shard(io.shard_path(root, k), r.start, np.zeros((len(r), 1, 1), np.float32),
-                           rng.random((len(r), 4), dtype=np.float32), rng.random((len(r), 19)),
-                           label_names="abcd", truth_names=names, attrs={})
+            write_shard(shard_path(root, k), r.start, np.zeros((len(r), 1, 1), np.float32),
+                        rng.random((len(r), 4), dtype=np.float32), rng.random((len(r), 19)),
+                        label_names="abcd", truth_names=names, attrs={})
         split = rng.integers(-1, 4, n_items).astype(np.int8)
         t0, c0 = time.perf_counter(), time.process_time()
-        io.write_index(root, n_items=n_items, image_shape=(1, 1), shard_ranges_=ranges, split=split,
-                       label_names="abcd", truth_names=names, attrs={})
+        write_index(root, n_items=n_items, image_shape=(1, 1), shard_ranges_=ranges, split=split,
+                    label_names="abcd", truth_names=names, attrs={})
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
-        io.read_index(root)
+        read_index(root)
         return len(ranges), wall, cpu, time.perf_counter() - t0
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -346,7 +348,7 @@ def main() -> None:
               f"| 2 | {n_scale} | {t2:.1f} s | **{t1 / t2:.2f}x** | {cpu2:.1f} s | **{free_core:.2f}x** | "
               f"{100 * share2:.1f}% |", "",
               f"`dataset.compression` on {int(500 * scale)} images of 112x112 (ss3, adaptive) per "
-              "shard, written with `io.write_shard` and read back with `io.read_shard` (CPU time "
+              "shard, written with `write_shard` and read back with `read_shard` (CPU time "
               "per image, best of the runs). Noisy: background 1% of the maximum and Poisson "
               "noise for 1000 s. zstd and blosc need `import hdf5plugin` in a reader; lenshpc "
               "imports it itself.", "",
@@ -363,8 +365,8 @@ def main() -> None:
               f"Index build at scale: a synthetic dataset of {n_index:,} items in {index[0]:,} "
               "shards of 5,085 (the paper's 112x112 items at `dataset.shard_mb` 256; 1x1 images, "
               "since the build copies labels and truth and only maps the images): "
-              f"`io.write_index` **{index[1]:.1f} s** (CPU {index[2]:.1f} s; goal <= 30 s), "
-              f"`io.read_index` {index[3]:.1f} s.",
+              f"`write_index` **{index[1]:.1f} s** (CPU {index[2]:.1f} s; goal <= 30 s), "
+              f"`read_index` {index[3]:.1f} s.",
               "",
               "Goals: production >= 10x naive per core at the paper config (issue 10; adaptive "
               "supersampling), >= 2x in full supersampling (issue 2); 1 -> 2 ranks >= 1.8x; "

@@ -108,9 +108,9 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
 def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, cfg,
                  mc: bool) -> list[tuple[str, str]]:
     """Write every figure; returns (file stem, caption) in report order. Images are read
-    through the shards (lenshpc.io.read_items), never through the virtual dataset."""
-    from lenshpc import io
-    index = io.read_index(ds.path, truth=False)
+    through the shards (lenshpc.dataset.index.read_items), never through the virtual dataset."""
+    from lenshpc.dataset.index import read_index, read_items
+    index = read_index(ds.path, truth=False)
     dpi = cfg.evaluate.dpi
     scale = ds_cfg.image.pixel_scale
     done: list[tuple[str, str]] = []
@@ -122,7 +122,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     labels = index.labels.astype(np.float64)
     n_ex = min(cfg.evaluate.n_examples, len(ds.test_index))
     ex_index = ds.test_index[:n_ex]
-    ex_images = io.read_items(index, ex_index)
+    ex_images = read_items(index, ex_index)
     test_mask = np.zeros(len(labels), dtype=bool)
     test_mask[ds.test_index] = True
     put(figures.fig_parameter_distributions(labels, labels[test_mask], TARGETS),
@@ -159,7 +159,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     for key in preds:
         first.setdefault(model_fold(key)[0], key)
     pos = typical_system(preds[next(iter(first.values()))])
-    stored = io.read_items(index, [int(ds.test_index[pos])])[0]
+    stored = read_items(index, [int(ds.test_index[pos])])[0]
     true_image = reference_images(renderer, ds.truth_names, ds.truth_test[pos:pos + 1],
                                   stored[None], ds_cfg.image.noise)[0]
     predicted = {}

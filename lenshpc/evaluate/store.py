@@ -31,6 +31,15 @@ import numpy as np
 from lenshpc import io
 from lenshpc.config import UserError
 from lenshpc.config.train import job_key, parse_job_key
+from lenshpc.dataset import INDEX, SHARDS
+from lenshpc.dataset.index import (
+    DatasetIndex,
+    check_shard,
+    dataset_checksum,
+    missing_shards,
+    read_index,
+    read_items,
+)
 from lenshpc.evaluate.kernels import first_nonfinite, true_parameters
 from lenshpc.io import atomic_path, file_sha256
 from lenshpc.lock import check_done, marker_path
@@ -55,7 +64,7 @@ def _text(v: Any) -> str:
 @dataclass(frozen=True)
 class DatasetInfo:
     """What evaluate needs to know about a dataset (read on rank 0, broadcast), on top of
-    the one reader of the index (:func:`lenshpc.io.read_index`, kept as ``index``).
+    the one reader of the index (:func:`lenshpc.dataset.index.read_index`, kept as ``index``).
 
     ``test_index``: sorted item numbers of the test set (split == -1); ``truth_test`` and
     ``true_test`` their truth rows and true (theta_E, q, e1, e2), row-aligned."""
@@ -69,7 +78,7 @@ class DatasetInfo:
     true_test: np.ndarray
     config_text: str
     attrs: dict[str, Any] = field(repr=False)
-    index: io.DatasetIndex | None = field(default=None, repr=False)
+    index: DatasetIndex | None = field(default=None, repr=False)
 
     def test_shards(self) -> list[int]:
         """Numbers of the shards holding at least one test item, in order."""
@@ -80,11 +89,11 @@ class DatasetInfo:
         """(n, H, W) float32 images of the items, read shard by shard; UserError naming the
         shard if one is missing, damaged or holds non-finite pixels."""
         assert self.index is not None
-        return io.read_items(self.index, items)
+        return read_items(self.index, items)
 
 
 def read_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
-    """Read and check DIR/dataset.h5 (:func:`lenshpc.io.read_index`: consistent, finite
+    """Read and check DIR/dataset.h5 (:func:`lenshpc.dataset.index.read_index`: consistent, finite
     labels), every shard file present with the size the index records, the dataset
     checksum against the shard table, finite truth of the test items.
 
@@ -92,19 +101,19 @@ def read_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"--data {data_dir}: no such directory")
-    if not (root / io.INDEX).is_file():
+    if not (root / INDEX).is_file():
         raise UserError(f"--data {data_dir}: no dataset.h5 (the dataset is missing or "
                         f"incomplete; run lenshpc simulate to finish it)")
     try:
-        index = io.read_index(root)
+        index = read_index(root)
     except UserError as exc:
         raise UserError(f"--data {data_dir}: {exc}") from None
-    bad = io.missing_shards(index)   # one stat per shard
+    bad = missing_shards(index)   # one stat per shard
     if bad:
         more = f"; {len(bad) - 1} more shard(s) bad" if len(bad) > 1 else ""
         raise UserError(f"--data {data_dir}: shard {bad[0]}{more}; restore it (lenshpc dataset "
                         f"verify {data_dir} lists every problem)")
-    if io.dataset_checksum(index.shards.checksum, index.split) != index.checksum:
+    if dataset_checksum(index.shards.checksum, index.split) != index.checksum:
         raise UserError(f"--data {data_dir}: {index.path}: the dataset checksum does not match "
                         f"its shard table and split (the index is damaged)")
     test_index = np.flatnonzero(index.split == -1).astype(np.int64)
@@ -128,12 +137,12 @@ def read_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
 
 def shard_data_problem(ds: DatasetInfo, k: int) -> str | None:
     """One line if shard ``k`` is not what the index records (read and hashed in full:
-    :func:`lenshpc.io.check_shard`), or None."""
+    :func:`lenshpc.dataset.index.check_shard`), or None."""
     assert ds.index is not None
-    problem = io.check_shard(ds.index, k)
+    problem = check_shard(ds.index, k)
     if problem is None:
         return None
-    what = problem if problem.startswith(io.INDEX) else f"shard {io.SHARDS}/{problem}"
+    what = problem if problem.startswith(INDEX) else f"shard {SHARDS}/{problem}"
     return (f"--data {ds.index.root}: {what}; restore it from a good copy (lenshpc dataset "
             f"verify {ds.index.root})")
 

@@ -51,7 +51,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     from lenshpc.config import UserError, load
     from lenshpc.io import raise_open_file_limit
     from lenshpc.parallel import world
-    from lenshpc.simulate.run import simulate, with_n_images
+    from lenshpc.simulate.plan import with_n_images
+    from lenshpc.simulate.run import simulate
 
     raise_open_file_limit()
     # Validation first, identically on every rank, before any collective call.

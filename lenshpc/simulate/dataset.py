@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lenshpc import io, lock
+from lenshpc import lock
 from lenshpc.config import Config, UserError, from_yaml_text
+from lenshpc.dataset import CONFIG, INDEX, SHARDS, shards as dataset_shards
+from lenshpc.dataset.index import check_shard, dataset_checksum, read_index
+from lenshpc.dataset.shards import shard_info, shard_name, shard_path
 from lenshpc.parallel import World
 from lenshpc.simulate.population import LABEL_NAMES
 from lenshpc.simulate.render import TRUTH_NAMES
@@ -24,13 +27,15 @@ PRODUCT = "dataset"
 
 def item_bytes(cfg: Config) -> int:
     """Bytes of one item of ``cfg``'s dataset, uncompressed (image, labels, truth)."""
-    return io.item_bytes((cfg.image.size, cfg.image.size), len(LABEL_NAMES), len(TRUTH_NAMES))
+    return dataset_shards.item_bytes((cfg.image.size, cfg.image.size), len(LABEL_NAMES),
+                                     len(TRUTH_NAMES))
 
 
 def shard_ranges(cfg: Config) -> list[range]:
     """Item ranges of the shards of ``cfg``'s dataset (dataset.shard_mb and min_shards, or
     the older shard_size): a function of the config alone, never of the number of ranks."""
-    return io.shard_ranges(cfg.dataset.n_images, cfg.dataset.items_per_shard(item_bytes(cfg)))
+    return dataset_shards.shard_ranges(cfg.dataset.n_images,
+                                       cfg.dataset.items_per_shard(item_bytes(cfg)))
 
 
 def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
@@ -48,7 +53,7 @@ def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
     if not isinstance(shards, dict) or not shards:
         return lock.Done(False, f"{lock.marker_path(root, PRODUCT)} lists no shards")
     for name, size in shards.items():
-        path = root / io.SHARDS / name
+        path = root / SHARDS / name
         try:
             actual = path.stat().st_size
         except OSError:
@@ -61,21 +66,21 @@ def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
 def _require_dataset(root: Path) -> None:
     if not root.is_dir():
         raise UserError(f"{root}: no such dataset directory")
-    if not ((root / io.INDEX).is_file() or (root / io.CONFIG).is_file()):
-        raise UserError(f"{root}: not a lenshpc dataset (no {io.INDEX} or {io.CONFIG})")
+    if not ((root / INDEX).is_file() or (root / CONFIG).is_file()):
+        raise UserError(f"{root}: not a lenshpc dataset (no {INDEX} or {CONFIG})")
 
 
 def _incomplete(root: Path) -> dict[str, Any]:
     try:
-        cfg = from_yaml_text((root / io.CONFIG).read_text())
+        cfg = from_yaml_text((root / CONFIG).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{root}: unreadable {io.CONFIG}: {exc}") from None
+        raise UserError(f"{root}: unreadable {CONFIG}: {exc}") from None
     ranges = shard_ranges(cfg)
-    done = [k for k in range(len(ranges)) if io.shard_info(io.shard_path(root, k))]
+    done = [k for k in range(len(ranges)) if shard_info(shard_path(root, k))]
     return {"path": str(root), "complete": False, "n_images": cfg.dataset.n_images,
             "images_done": sum(len(ranges[k]) for k in done),
             "shards": len(ranges), "shards_done": len(done),
-            "missing": [io.shard_name(k) for k in sorted(set(range(len(ranges))) - set(done))],
+            "missing": [shard_name(k) for k in sorted(set(range(len(ranges))) - set(done))],
             "image_shape": [cfg.image.size, cfg.image.size],
             "pixel_scale": cfg.image.pixel_scale, "n_folds": cfg.dataset.n_folds,
             "n_test": cfg.dataset.n_test, "seed": cfg.seed}
@@ -87,9 +92,9 @@ def info(root: Path) -> dict[str, Any]:
     Reads only ``dataset.h5`` (labels and truth are ordinary arrays there), never a shard
     of a complete dataset; ``finished`` is the verdict of :func:`dataset_done`."""
     _require_dataset(root)
-    if not (root / io.INDEX).is_file():
+    if not (root / INDEX).is_file():
         return _incomplete(root)
-    index = io.read_index(root)
+    index = read_index(root)
     attrs = index.attrs
     split = index.split
     folds = {str(k): int(np.sum(split == k)) for k in range(index.n_folds)}
@@ -152,25 +157,25 @@ def verify(root: Path, world: World | None = None) -> tuple[list[str], str]:
     checksum over the table and split. Returns (problems, summary line) on every rank."""
     world = world or World()
     _require_dataset(root)
-    if not (root / io.INDEX).is_file():
+    if not (root / INDEX).is_file():
         d = _incomplete(root)
         missing = d["missing"]
         return ([f"{root}: incomplete: missing {', '.join(missing[:10])}"
                  + (" ..." if len(missing) > 10 else "")],
                 f"{root}: INCOMPLETE ({d['shards_done']} of {d['shards']} shards)")
-    index = io.read_index(root, finite=False)
+    index = read_index(root, finite=False)
     mine = []
     for k in range(world.rank, len(index.shards), world.size):
-        problem = io.check_shard(index, k)
+        problem = check_shard(index, k)
         if problem:
             mine.append((k, problem))
     problems = [line for _, line in sorted(p for part in world.allgather(mine) for p in part)]
     bad = np.flatnonzero(~np.isfinite(index.labels).all(axis=1))
     if bad.size:
-        problems.append(f"{io.INDEX}: {bad.size} items have labels that are not finite "
+        problems.append(f"{INDEX}: {bad.size} items have labels that are not finite "
                         f"(first: item {bad[0]})")
-    if io.dataset_checksum(index.shards.checksum, index.split) != index.checksum:
-        problems.append(f"{io.INDEX}: dataset checksum does not match its shard table and split")
+    if dataset_checksum(index.shards.checksum, index.split) != index.checksum:
+        problems.append(f"{INDEX}: dataset checksum does not match its shard table and split")
     summary = (f"{root}: {len(index.shards)} shards, {index.n_items} images: "
                + ("OK" if not problems else f"{len(problems)} problem(s)"))
     return problems, summary

@@ -3,22 +3,20 @@
 Work unit: shard k, a block of consecutive items whose size comes from the config alone
 (``dataset.shard_mb`` and ``min_shards``, or ``shard_size``), never from the number of
 ranks. Rank 0 takes the folder's lock (one writer per dataset, held for the whole run),
-inspects the directory (config identity, free space, shards already complete) and
-broadcasts its verdict and the shards left to do; they are dealt round-robin to the
-ranks. Each rank renders its shards and writes each one atomically; rank 0 gathers
-progress messages and, when every rank is done, writes ``dataset.h5`` and then the
-completion marker ``dataset.done.json``. A killed run restarts where it stopped because
-a shard file with its final name is always complete; a full disk stops the run with one
-line and a rerun after freeing space resumes the same way.
+inspects the directory (config identity, free space, shards already complete:
+:mod:`lenshpc.simulate.plan`) and broadcasts its verdict and the shards left to do; they
+are dealt round-robin to the ranks. Each rank renders its shards and writes each one
+atomically; rank 0 gathers progress messages and, when every rank is done, writes
+``dataset.h5`` and then the completion marker ``dataset.done.json``. A killed run
+restarts where it stopped because a shard file with its final name is always complete;
+a full disk stops the run with one line and a rerun after freeing space resumes the same
+way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -26,221 +24,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from lenshpc import __version__, io, lock
-from lenshpc.config import Config, UserError, loads, to_plain
+from lenshpc.config import Config, UserError
+from lenshpc.dataset import CONFIG, INDEX
+from lenshpc.dataset.index import write_index
+from lenshpc.dataset.shards import (
+    estimate_bytes,
+    h5py_module,
+    shard_name,
+    shard_path,
+    write_shard,
+)
 from lenshpc.parallel import Progress, World
 from lenshpc.simulate import population as pop
-from lenshpc.simulate.dataset import PRODUCT, dataset_done, shard_ranges
+from lenshpc.simulate.dataset import PRODUCT, shard_ranges
+from lenshpc.simulate.plan import (
+    STATE,
+    Plan,
+    dataset_bytes,
+    fingerprint,
+    plan,
+    shards_to_redo,
+    take_folder,
+)
 from lenshpc.simulate.render import TRUTH_NAMES, Renderer
 
-#: The config sections that define a dataset's content (the rest do not change it).
-DATASET_SECTIONS = ("seed", "image", "dataset", "population")
 #: MPI tag of progress messages (workers -> rank 0).
 PROGRESS_TAG = 71
-#: Bookkeeping file next to config.yaml: fingerprint and catalogue digest.
-STATE = "simulate.json"
-
-
-# --------------------------------------------------------------------------- config
-
-
-def with_n_images(cfg: Config, n_images: int | None) -> Config:
-    """``cfg`` with ``dataset.n_images`` replaced (fractions kept), validated again."""
-    if n_images is None:
-        return cfg
-    data = to_plain(cfg)
-    data["dataset"]["n_images"] = n_images
-    return loads(data, source="--n-images")
-
-
-def dataset_part(cfg: Config) -> dict[str, Any]:
-    """The plain data of the sections that define a dataset's content (see
-    :func:`canonical_part`)."""
-    plain = to_plain(cfg)
-    return canonical_part({k: plain[k] for k in DATASET_SECTIONS})
-
-
-def canonical_part(part: dict[str, Any]) -> dict[str, Any]:
-    """``part`` (plain dataset-defining sections) without the keys that do not change the
-    content as set (the adaptive threshold in full supersampling), nor the keys added after
-    datasets were first made while they hold the value that reproduces those datasets: a
-    dataset made before they existed keeps its fingerprint (it resumes, and a rerun finds
-    it complete)."""
-    part = dict(part)
-    image = part.get("image")
-    if isinstance(image, dict) and image.get("supersampling_mode", "full") == "full":
-        part["image"] = {k: v for k, v in image.items()
-                         if k not in ("supersampling_mode", "adaptive_threshold")}
-    dataset = part.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("shard_size") is not None:
-        part["dataset"] = {k: v for k, v in dataset.items() if k not in ("shard_mb", "min_shards")}
-    return part
-
-
-def fingerprint(cfg: Config, catalogue_sha256: str | None) -> str:
-    """sha256 (hex) of the dataset-defining config and the catalogue's bytes."""
-    text = yaml.safe_dump({"config": dataset_part(cfg), "catalogue": catalogue_sha256},
-                          sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """``key.path: old -> new`` of the first difference of two plain trees, or None."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            d = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if d:
-                return d
-        return None
-    if old != new:
-        return f"{path}: {old!r} -> {new!r}"
-    return None
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What rank 0 found in the output directory, broadcast to every rank."""
-
-    error: str | None = None
-    complete: bool = False
-    todo: tuple[int, ...] = ()
-    done: tuple[int, ...] = ()  # shards whose files say they are complete (checksums unchecked)
-
-
-def _is_dataset_dir(out: Path) -> bool:
-    return (out / io.CONFIG).is_file() or (out / STATE).is_file() or (out / io.INDEX).is_file()
-
-
-def _foreign_files(out: Path) -> bool:
-    """True if ``out`` holds files but not a lenshpc dataset (its lock file aside)."""
-    return not _is_dataset_dir(out) and any(p.name != lock.LOCK_NAME for p in out.iterdir())
-
-
-def _remove_products(out: Path) -> None:
-    """Remove what lenshpc simulate wrote in ``out`` (and nothing else); the marker first."""
-    lock.clear_done(out, PRODUCT)
-    shutil.rmtree(out / io.SHARDS, ignore_errors=True)
-    for name in (io.INDEX, io.CONFIG, STATE):
-        (out / name).unlink(missing_ok=True)
-
-
-def take_folder(out: Path, overwrite: bool, held: contextlib.ExitStack) -> str | None:
-    """Rank 0: make ``out`` and take its lock into ``held``; the refusal as one line, or None.
-
-    A foreign folder is refused before the lock file is created in it."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out} exists and is not a directory"
-    if out.is_dir() and not overwrite and _foreign_files(out):
-        return (f"--out {out} already holds files that are not a lenshpc dataset; choose an "
-                f"empty or new folder, or use --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot write to --out {out}: {exc.strerror or exc}"
-    if not os.access(out, os.W_OK):
-        return f"cannot write to --out {out}: permission denied"
-    try:
-        held.enter_context(lock.exclusive(out, "dataset"))
-    except UserError as exc:
-        return str(exc)
-    return None
-
-
-def space_problem(out: Path, cfg: Config) -> str | None:
-    """Rank 0: the refusal when the dataset cannot fit in the free space of ``out``'s file
-    system (counting the products already there, which are kept or replaced), or None.
-
-    Uncompressed, images are counted in full; compressed, only what never compresses
-    (labels, truth, the index), and a full disk later is met by the disk-full handling."""
-    d = cfg.dataset
-    shards, index = _estimate(cfg)
-    if d.compression != "none":
-        shards = d.n_images * (len(pop.LABEL_NAMES) * 4 + len(TRUTH_NAMES) * 8)
-    need = shards + index
-    have = 0
-    with contextlib.suppress(OSError):
-        with os.scandir(out / io.SHARDS) as entries:
-            have += sum(e.stat().st_size for e in entries if e.name.startswith("shard-"))
-    with contextlib.suppress(OSError):
-        have += (out / io.INDEX).stat().st_size
-    free = io.free_bytes(out)
-    if need <= free + have:
-        return None
-    return (f"--out {out}: {d.n_images} images need about {io.human_bytes(need)} "
-            f"({need} bytes) but {io.human_bytes(free)} are free there"
-            + (f" (plus {io.human_bytes(have)} already written)" if have else "")
-            + "; free space, choose another --out, or simulate fewer images")
-
-
-def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
-    """Rank 0, holding the lock: check ``out`` against this config, prepare it, list the
-    shards left to do.
-
-    Refusals (different config without --overwrite, a foreign non-empty folder, too
-    little free space, an unwritable place) come back as ``Plan(error=...)`` before
-    anything is written. The dataset is complete only when :func:`dataset_done` holds."""
-    if out.exists() and not out.is_dir():
-        return Plan(error=f"--out {out} exists and is not a directory")
-    state_file = out / STATE
-    if out.is_dir() and not overwrite:
-        if state_file.is_file():
-            try:
-                state = json.loads(state_file.read_text())
-                old = yaml.safe_load((out / io.CONFIG).read_text())
-            except (OSError, ValueError, yaml.YAMLError):
-                return Plan(error=f"--out {out} holds a damaged dataset (unreadable {STATE} or "
-                                  f"{io.CONFIG}); use --overwrite to replace it")
-            if state.get("fingerprint") != fp:
-                old_part = canonical_part({k: (old or {}).get(k) for k in DATASET_SECTIONS})
-                diff = first_difference(old_part, dataset_part(cfg)) or "the catalogue file changed"
-                return Plan(error=f"--out {out} holds a dataset made from a different config "
-                                  f"({diff}); use --overwrite to replace it")
-            if dataset_done(out):
-                return Plan(complete=True)
-        elif any(p.name != lock.LOCK_NAME for p in out.iterdir()):
-            what = "an incomplete dataset" if _is_dataset_dir(out) else "files that are not a lenshpc dataset"
-            return Plan(error=f"--out {out} already holds {what}; choose an empty or new "
-                              f"folder, or use --overwrite")
-    refusal = space_problem(out, cfg)
-    if refusal:
-        return Plan(error=refusal)
-    try:
-        if overwrite and out.is_dir():
-            _remove_products(out)
-        # Not finished (or damaged): the marker goes before anything is rewritten.
-        lock.clear_done(out, PRODUCT)
-        (out / io.SHARDS).mkdir(parents=True, exist_ok=True)
-        if not state_file.is_file():
-            io.atomic_write_text(out / io.CONFIG, cfg.to_yaml_text())
-            io.atomic_write_text(state_file, json.dumps(
-                {"fingerprint": fp, "n_images": cfg.dataset.n_images,
-                 "lenshpc_version": __version__}, indent=1) + "\n")
-        for stale in (out / io.SHARDS).glob(".shard-*.tmp*"):  # left by killed ranks
-            stale.unlink(missing_ok=True)
-    except OSError as exc:
-        return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
-    ranges = shard_ranges(cfg)
-    todo, done = [], []
-    for k, r in enumerate(ranges):
-        info = io.shard_info(io.shard_path(out, k))
-        if (info is not None and info.start == r.start and info.n == len(r)
-                and info.attrs.get("fingerprint") == fp):
-            done.append(k)
-        else:
-            todo.append(k)
-    return Plan(todo=tuple(todo), done=tuple(done))
-
-
-def shards_to_redo(out: Path, done: tuple[int, ...], world: World) -> list[int]:
-    """Shards among ``done`` whose data no longer match their checksum (e.g. after a node
-    crash), checked by all ranks in parallel; the same sorted list on every rank."""
-    bad = [k for k in done[world.rank::world.size] if not io.shard_intact(io.shard_path(out, k))]
-    return sorted(k for part in world.allgather(bad) for k in part)
 
 
 # --------------------------------------------------------------------------- kernel
@@ -344,7 +155,7 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     mine = todo[world.rank::world.size]
     done_items = sum(len(ranges[k]) for k in the_plan.done if k not in redo)
     renderer = Renderer(cfg.image)
-    io.h5py_module()  # imported now: start-up, not the first shard's writing time
+    h5py_module()  # imported now: start-up, not the first shard's writing time
     bar = None
     if world.is_root:
         bar = Progress(cfg.dataset.n_images, done_items, stream=stream, enabled=progress)
@@ -360,11 +171,11 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     for pos, k in enumerate(mine):
         images, labels, truth = render_items(renderer, cfg, ranges[k], catalogue, on_item=report)
         tw = time.perf_counter()
-        path = io.shard_path(out, k)
+        path = shard_path(out, k)
         try:
-            io.write_shard(path, ranges[k].start, images, labels, truth,
-                           label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs,
-                           compression=cfg.dataset.compression)
+            write_shard(path, ranges[k].start, images, labels, truth,
+                        label_names=pop.LABEL_NAMES, truth_names=TRUTH_NAMES, attrs=attrs,
+                        compression=cfg.dataset.compression)
         except OSError as exc:
             if not io.is_disk_full(exc):
                 raise
@@ -386,7 +197,7 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
         bar.close()
     fulls = [f for f in (full, *(t[2] for t in report.times)) if f is not None]
     if fulls:
-        _, index_bytes = _estimate(cfg)
+        _, index_bytes = dataset_bytes(cfg)
         raise UserError(disk_full_message(fulls[0].path, sum(f.bytes for f in fulls) + index_bytes,
                                           out, "the remaining shards and the index"))
     tw = time.perf_counter()
@@ -395,7 +206,7 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     except OSError as exc:
         if not io.is_disk_full(exc):
             raise
-        raise UserError(disk_full_message(out / io.INDEX, _estimate(cfg)[1], out,
+        raise UserError(disk_full_message(out / INDEX, dataset_bytes(cfg)[1], out,
                                           "the index (the shards are kept)")) from None
     index_time = time.perf_counter() - tw
     times = [(write_time, own_time), *((w, r) for w, r, _ in report.times)]
@@ -413,15 +224,9 @@ class DiskFull:
     path: str
     bytes: int
 
-
-def _estimate(cfg: Config) -> tuple[int, int]:
-    return io.estimate_bytes(cfg.dataset.n_images, (cfg.image.size, cfg.image.size),
-                             len(pop.LABEL_NAMES), len(TRUTH_NAMES), len(shard_ranges(cfg)[0]))
-
-
 def _shard_bytes(cfg: Config, n: int) -> int:
-    return io.estimate_bytes(n, (cfg.image.size, cfg.image.size), len(pop.LABEL_NAMES),
-                             len(TRUTH_NAMES), n)[0]
+    return estimate_bytes(n, (cfg.image.size, cfg.image.size), len(pop.LABEL_NAMES),
+                          len(TRUTH_NAMES), n)[0]
 
 
 def disk_full_message(path: str | Path, need: int, out: Path, what: str) -> str:
@@ -457,11 +262,11 @@ def write_dataset_index(out: Path, cfg: Config, fp: str | None = None) -> str:
              "config": cfg.to_yaml_text(), "lenshpc_version": __version__,
              "lenstronomy_version": lenstronomy.__version__, "n_folds": d.n_folds,
              "n_test": d.n_test, "n_images": d.n_images, "shard_size": len(ranges[0])}
-    digest = io.write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
-                            shard_ranges_=ranges, split=split, label_names=pop.LABEL_NAMES,
-                            truth_names=TRUTH_NAMES, attrs=attrs,
-                            shard_attrs=None if fp is None else {"fingerprint": fp})
-    shards = {io.shard_name(k): io.shard_path(out, k).stat().st_size for k in range(len(ranges))}
-    lock.mark_done(out, PRODUCT, [io.INDEX, io.CONFIG, STATE],
+    digest = write_index(out, n_items=d.n_images, image_shape=(cfg.image.size, cfg.image.size),
+                         shard_ranges_=ranges, split=split, label_names=pop.LABEL_NAMES,
+                         truth_names=TRUTH_NAMES, attrs=attrs,
+                         shard_attrs=None if fp is None else {"fingerprint": fp})
+    shards = {shard_name(k): shard_path(out, k).stat().st_size for k in range(len(ranges))}
+    lock.mark_done(out, PRODUCT, [INDEX, CONFIG, STATE],
                    info={"checksum": digest, "n_images": d.n_images, "shards": shards})
     return digest

@@ -4,7 +4,7 @@ read into memory shard by shard, per-epoch order and batches.
 Everything here is numpy + h5py (no TensorFlow import) except :func:`tf_dataset`, so the
 command can refuse bad input before TensorFlow and Horovod start. Kernels take ``rank``
 and ``size`` as plain arguments. The dataset's files are read through
-:mod:`lenshpc.io` only: labels and split from the index, images from the shards that
+:mod:`lenshpc.dataset` only: labels and split from the index, images from the shards that
 hold the rank's items, one shard open at a time (never through the virtual dataset).
 """
 
@@ -19,9 +19,10 @@ import numpy as np
 from lenshpc import io
 from lenshpc.config import Config, UserError
 from lenshpc.config.train import TARGETS
+from lenshpc.dataset import INDEX, SHARDS, index as dataset_index
+from lenshpc.dataset.index import DatasetIndex, missing_shards, read_index
 from lenshpc.parallel import split_evenly
 
-INDEX = io.INDEX
 #: Salt of the generator of the per-epoch order (keeps it apart from simulate's streams).
 _ORDER_SALT = 0x7472_6169  # "trai"
 
@@ -29,7 +30,7 @@ _ORDER_SALT = 0x7472_6169  # "trai"
 #: ``path`` (dataset.h5), ``checksum``, ``n_items``, ``image_shape``, ``n_folds``,
 #: ``split`` (N,) int8 (fold 0..K-1 or -1, test), ``labels`` (N, 4) float32 in physical
 #: units (theta_E arcsec; q, e1, e2 dimensionless), all finite.
-DatasetInfo = io.DatasetIndex
+DatasetInfo = DatasetIndex
 
 
 def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetInfo:
@@ -44,11 +45,11 @@ def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetInfo:
         raise UserError(f"dataset directory not found: {root}")
     path = root / INDEX
     if not path.is_file():
-        if (root / io.SHARDS).is_dir():
+        if (root / SHARDS).is_dir():
             raise UserError(f"dataset {root} is incomplete (no {INDEX} yet); finish it by running "
                             f"the same lenshpc simulate command again")
         raise UserError(f"no dataset in {root} ({INDEX} not found)")
-    index = io.read_index(root, truth=False)
+    index = read_index(root, truth=False)
     if index.label_names != TARGETS:
         raise UserError(f"dataset {path}: labels are {', '.join(index.label_names) or 'unnamed'}; "
                         f"expected {', '.join(TARGETS)}")
@@ -60,7 +61,7 @@ def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetInfo:
     if index.n_folds != cfg.dataset.n_folds:
         raise UserError(f"dataset {path} has {index.n_folds} folds but the config says "
                         f"dataset.n_folds {cfg.dataset.n_folds}")
-    problems = io.missing_shards(index)
+    problems = missing_shards(index)
     if problems:
         raise UserError(f"dataset {root}: {len(problems)} shard file(s) are missing or changed, "
                         f"e.g. {problems[0]}; run lenshpc dataset verify {root}")
@@ -118,11 +119,11 @@ def read_items(path: str | Path | DatasetInfo, indices: np.ndarray, block_bytes:
     Images come from the shards that hold the items, opened one at a time, in contiguous
     slabs of at most ``block_bytes``; labels from the index. UserError naming the shard if
     one is missing, truncated or damaged."""
-    index = path if isinstance(path, io.DatasetIndex) else io.read_index(path, truth=False)
+    index = path if isinstance(path, DatasetIndex) else read_index(path, truth=False)
     indices = np.asarray(indices, dtype=np.int64)
     h, w = index.image_shape
     images = np.empty((len(indices), h, w, 1), dtype=np.float32)
-    io.read_items(index, indices, block_bytes=block_bytes, out=images[..., 0])
+    dataset_index.read_items(index, indices, block_bytes=block_bytes, out=images[..., 0])
     return images, index.labels[indices].astype(np.float32)
 
 

@@ -23,8 +23,9 @@ after a whole epoch on the same number of ranks therefore sees exactly the batch
 uninterrupted one would. On another number of ranks the shares and so the batches differ
 (each rank's stream is its own), as they do in memory mode.
 
-Numpy and h5py only (through :func:`lenshpc.io.read_items`); the generators are handed to
-``tf.data`` by :func:`lenshpc.train.data.tf_dataset`, which prefetches their batches.
+Numpy and h5py only (through :func:`lenshpc.dataset.index.read_items`); the generators are
+handed to ``tf.data`` by :func:`lenshpc.train.data.tf_dataset`, which prefetches their
+batches.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lenshpc import io
+from lenshpc.dataset.index import DatasetIndex, read_items
 
 #: Salts of the stream's generators (apart from the memory mode's order and simulate's).
 _SHARD_SALT, _BUFFER_SALT = 0x7374_7273, 0x7374_6266  # "strs", "stbf"
@@ -105,7 +106,7 @@ class StreamBatches:
     epoch from ``first_epoch`` on (endless). ``index`` is the dataset's index, ``items``
     the rank's training items (sorted global indices); ``labels`` come from the index."""
 
-    def __init__(self, index: io.DatasetIndex, items: np.ndarray, *, n_use: int,
+    def __init__(self, index: DatasetIndex, items: np.ndarray, *, n_use: int,
                  batch_size: int, seed: int, fold: int, buffer: int, shards_at_once: int,
                  block_items: int = BLOCK_ITEMS, first_epoch: int = 0,
                  read: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
@@ -115,7 +116,7 @@ class StreamBatches:
         self.buffer, self.shards_at_once, self.block_items = buffer, shards_at_once, block_items
         self.first_epoch = first_epoch
         self.shard_of_item = index.shards.of(self.items)
-        self.read = read or (lambda ids: io.read_items(index, ids)[..., None])
+        self.read = read or (lambda ids: read_items(index, ids)[..., None])
         self.labels = index.labels
 
     @property
@@ -160,7 +161,7 @@ class StreamBatches:
 class StreamEval:
     """This rank's validation items in file order, read block by block (one pass per call)."""
 
-    def __init__(self, index: io.DatasetIndex, items: np.ndarray, batch_size: int,
+    def __init__(self, index: DatasetIndex, items: np.ndarray, batch_size: int,
                  block_bytes: int = 64 << 20) -> None:
         self.index, self.items, self.batch_size = index, np.asarray(items, np.int64), batch_size
         h, w = index.image_shape
@@ -170,7 +171,7 @@ class StreamEval:
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for lo in range(0, len(self.items), self.per_read):
             ids = self.items[lo:lo + self.per_read]
-            images = io.read_items(self.index, ids)[..., None]
+            images = read_items(self.index, ids)[..., None]
             labels = self.index.labels[ids].astype(np.float32)
             for b in range(0, len(ids), self.batch_size):
                 yield images[b:b + self.batch_size], labels[b:b + self.batch_size]

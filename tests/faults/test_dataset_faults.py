@@ -25,8 +25,9 @@ import h5py
 import numpy as np
 import pytest
 
-from lenshpc import io
 from lenshpc.config import UserError, load
+from lenshpc.dataset.index import read_index, read_items
+from lenshpc.dataset.shards import estimate_bytes, read_shard
 from lenshpc.simulate.dataset import dataset_done
 from lenshpc.train import data as D
 from tests.conftest import PYTHON, env, lenshpc, mpirun_cmd, require, write_config
@@ -56,7 +57,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, command: str, *fragments:
 
 def _shard_arrays(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images, labels, truth of every shard in item order, read shard by shard."""
-    parts = [io.read_shard(p) for p in sorted((root / "shards").glob("shard-*.h5"))]
+    parts = [read_shard(p) for p in sorted((root / "shards").glob("shard-*.h5"))]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
@@ -91,7 +92,7 @@ def test_the_low_limit_does_fill_a_virtual_read_with_nan(many):
 def test_index_arrays_equal_the_shards(many):
     _, out = many
     images, labels, truth = _shard_arrays(out)
-    index = io.read_index(out)
+    index = read_index(out)
     assert len(index.shards) == 600 and index.n_items == 1200
     np.testing.assert_array_equal(index.labels, labels)
     np.testing.assert_array_equal(index.truth, truth)
@@ -151,7 +152,7 @@ def test_train_reads_its_share_under_the_low_limit_with_two_ranks(many, tmp_path
         np.testing.assert_array_equal(got["x"][..., 0], images[got["ids"]])
         np.testing.assert_array_equal(got["y"], labels[got["ids"]])
         seen.extend(got["ids"].tolist())
-    split = io.read_index(out, truth=False).split
+    split = read_index(out, truth=False).split
     assert sorted(seen) == np.flatnonzero(split >= 0).tolist()
 
 
@@ -221,9 +222,9 @@ def test_a_truncated_or_missing_shard_is_named_where_images_are_read(small, tmp_
         D.open_dataset(out, load(cfg))
     shard.unlink()
     with pytest.raises(UserError, match="shard-00002.h5.*missing"):
-        io.read_items(index, [9])
+        read_items(index, [9])
     # items of intact shards still read
-    assert io.read_items(index, [0, 39]).shape == (2, 16, 16)
+    assert read_items(index, [0, 39]).shape == (2, 16, 16)
 
 
 def test_a_truncated_index_or_a_missing_marker_is_not_complete(small, tmp_path):
@@ -366,7 +367,7 @@ def test_disk_full_while_shards_are_written_then_resume(disk, reference):
                            "simulate", "disk full writing", str(out / "shards"), "bytes)",
                            "run the same command again")
     need = int(line.split("(")[1].split(" bytes")[0])
-    assert 0 < need <= sum(io.estimate_bytes(600, (16, 16), 4, 19, 50))
+    assert 0 < need <= sum(estimate_bytes(600, (16, 16), 4, 19, 50))
     assert not (out / "dataset.h5").exists() and not list((out / "shards").glob(".*tmp*"))
     filler.unlink()
     proc = subprocess.run(mpirun_cmd(2, "simulate", "--config", cfg, "--out", out, "--no-progress"),
@@ -432,4 +433,4 @@ def test_an_index_of_the_old_format_is_refused_and_rebuilt(small, tmp_path):
         D.open_dataset(out, load(cfg))
     proc = lenshpc("simulate", "--config", cfg, "--out", out, "--no-progress", check=True)
     assert "already complete" not in proc.stdout
-    assert io.read_index(out).checksum == _checksum(src) and dataset_done(out)
+    assert read_index(out).checksum == _checksum(src) and dataset_done(out)

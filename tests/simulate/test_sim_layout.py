@@ -10,12 +10,21 @@ from io import BytesIO
 import numpy as np
 import pytest
 
-from lenshpc import io
 from lenshpc.config import loads
 from lenshpc.config.simulate import Image
+from lenshpc.dataset import SHARDS
+from lenshpc.dataset.index import check_shard, read_index, read_items
+from lenshpc.dataset.shards import (
+    COMPRESSIONS,
+    PLUGIN_COMPRESSIONS,
+    SHARD_OVERHEAD,
+    h5py_module,
+    read_shard,
+    write_shard,
+)
 from lenshpc.simulate import population as pop
+from lenshpc.simulate.plan import fingerprint
 from lenshpc.simulate.render import TRUTH_NAMES, Renderer, truth_to_kwargs
-from lenshpc.simulate.run import fingerprint
 from tests.conftest import lenshpc, write_config
 
 #: The fingerprint of the default config before image.supersampling_mode and
@@ -60,13 +69,13 @@ def test_shards_sized_in_bytes(tmp_path):
                                 "min_shards": 1, "n_folds": 2, "test_fraction": 0.2})
     out = tmp_path / "ds"
     lenshpc("simulate", "--config", cfg, "--out", out, check=True)
-    files = sorted((out / io.SHARDS).glob("shard-*.h5"))
+    files = sorted((out / SHARDS).glob("shard-*.h5"))
     assert len(files) == 4
-    index = io.read_index(out)
+    index = read_index(out)
     assert list(index.shards.n) == [8, 8, 8, 6] and index.attrs["shard_size"] == 8
     for k, path in enumerate(files):
-        assert path.stat().st_size <= 0.01e6 + io.SHARD_OVERHEAD
-        assert io.check_shard(index, k) is None
+        assert path.stat().st_size <= 0.01e6 + SHARD_OVERHEAD
+        assert check_shard(index, k) is None
     result = lenshpc("dataset", "verify", out)
     assert result.returncode == 0, result.stdout + result.stderr
     # a second run finds it complete: the layout is a function of the config alone
@@ -100,23 +109,23 @@ def require_hdf5plugin() -> None:
         pytest.skip("hdf5plugin is not installed")
 
 
-@pytest.mark.parametrize("compression", io.COMPRESSIONS)
+@pytest.mark.parametrize("compression", COMPRESSIONS)
 def test_every_compression_reads_back_with_plain_h5py(compression, tmp_path):
     """Noise-free and noisy images written with each option read back bit for bit by a
     fresh Python with only h5py (zstd and blosc: with hdf5plugin imported, and refused
     without it); images compressed with the shuffle filter where it applies."""
     import h5py
-    if compression in io.PLUGIN_COMPRESSIONS:
+    if compression in PLUGIN_COMPRESSIONS:
         require_hdf5plugin()
     renderer = Renderer(Image(size=32, supersampling=2, background_rms=0.02))
     rng = np.random.default_rng(3)
     images = np.stack([renderer.render(*truth_to_kwargs(TRUTH_NAMES, row), rng=rng if i % 2 else None)
                        for i, row in enumerate(pop.sample(loads(None).population, 3, range(6))[0])])
     path = tmp_path / "shard.h5"
-    io.write_shard(path, 0, images, np.zeros((6, 4), np.float32), np.zeros((6, len(TRUTH_NAMES))),
-                   label_names=("a", "b", "c", "d"), truth_names=TRUTH_NAMES, attrs={},
-                   compression=compression)
-    io.h5py_module()
+    write_shard(path, 0, images, np.zeros((6, 4), np.float32), np.zeros((6, len(TRUTH_NAMES))),
+                label_names=("a", "b", "c", "d"), truth_names=TRUTH_NAMES, attrs={},
+                compression=compression)
+    h5py_module()
     with h5py.File(path, "r") as f:
         dset = f["images"]
         plist = dset.id.get_create_plist()
@@ -126,12 +135,12 @@ def test_every_compression_reads_back_with_plain_h5py(compression, tmp_path):
             assert dset.chunks == (1, 32, 32)
     for mode in ("plain", "plugin"):
         proc = subprocess.run([sys.executable, "-c", READ_BACK, str(path), mode], capture_output=True)
-        if compression in io.PLUGIN_COMPRESSIONS and mode == "plain":
+        if compression in PLUGIN_COMPRESSIONS and mode == "plain":
             assert proc.returncode != 0  # the filter is not registered without hdf5plugin
             continue
         assert proc.returncode == 0, proc.stderr.decode()
         np.testing.assert_array_equal(np.load(BytesIO(proc.stdout)), images)
-    np.testing.assert_array_equal(io.read_shard(path)[0], images)
+    np.testing.assert_array_equal(read_shard(path)[0], images)
 
 
 def test_compressed_dataset_end_to_end(tmp_path):
@@ -143,8 +152,8 @@ def test_compressed_dataset_end_to_end(tmp_path):
     lenshpc("simulate", "--config", cfg, "--out", out, check=True)
     result = lenshpc("dataset", "verify", out)
     assert result.returncode == 0, result.stdout + result.stderr
-    index = io.read_index(out)
-    images = io.read_items(index, np.arange(12))
+    index = read_index(out)
+    images = read_items(index, np.arange(12))
     assert np.all(images.reshape(12, -1).max(axis=1) == 1.0)
 
 
@@ -154,6 +163,6 @@ def test_adaptive_dataset_says_so(tmp_path):
                        dataset={"n_images": 6, "shard_size": 3, "n_folds": 2, "test_fraction": 0.2})
     out = tmp_path / "ds"
     lenshpc("simulate", "--config", cfg, "--out", out, check=True)
-    assert io.read_index(out).attrs["supersampling_mode"] == "adaptive"
+    assert read_index(out).attrs["supersampling_mode"] == "adaptive"
     info = lenshpc("dataset", "info", out, check=True).stdout
     assert "supersampling 3 (adaptive)" in info

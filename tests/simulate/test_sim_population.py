@@ -137,7 +137,7 @@ def test_paper_split_sizes():
 
 
 def test_n_images_override_keeps_proportions_and_split_depends_on_seed_and_n_only():
-    from lenshpc.simulate.run import with_n_images
+    from lenshpc.simulate.plan import with_n_images
     cfg = with_n_images(load(ROOT / "configs" / "paper.yaml"), 7640)
     assert cfg.dataset.n_images == 7640 and cfg.dataset.n_test == 640
     a = pop.split(cfg.seed, 7640, 640, 4)
@@ -147,7 +147,7 @@ def test_n_images_override_keeps_proportions_and_split_depends_on_seed_and_n_onl
 
 
 def test_more_folds_than_items_is_refused():
-    from lenshpc.simulate.run import with_n_images
+    from lenshpc.simulate.plan import with_n_images
     with pytest.raises(UserError, match="n_folds"):
         with_n_images(load(ROOT / "configs" / "debug.yaml"), 1)
 

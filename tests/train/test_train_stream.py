@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from lenshpc import io
+from lenshpc.dataset.index import read_index, read_items
 from lenshpc.train import data, stream
 from tests.conftest import PYTHON, env, lenshpc
 from tests.train.test_train_run import wait_for
@@ -22,7 +22,7 @@ SEED, FOLD = 7, 0
 @pytest.fixture(scope="module")
 def share(train_data):
     """The index and fold 0's training items, as one rank (of 1 or 2) holds them."""
-    index = io.read_index(train_data, truth=False)
+    index = read_index(train_data, truth=False)
     train, _ = data.fold_items(index.split, FOLD)
     return index, train
 
@@ -73,7 +73,7 @@ def test_memory_holds_the_buffer_not_the_share(share):
 
     def read(ids):
         state["read"] += len(ids)
-        return io.read_items(index, ids)[..., None]
+        return read_items(index, ids)[..., None]
 
     source = _batches(index, train, len(train), read=read, buffer=16, block_items=8)
     emitted = 0
@@ -83,7 +83,7 @@ def test_memory_holds_the_buffer_not_the_share(share):
         assert state["read"] - emitted <= 16 + 8 + 16
         # every image is the one the index's label says it is
         ids = [int(np.flatnonzero(np.all(index.labels == row, axis=1))[0]) for row in y[:3]]
-        assert np.array_equal(x[:3, ..., 0], io.read_items(index, ids))
+        assert np.array_equal(x[:3, ..., 0], read_items(index, ids))
     assert emitted == len(train)
 
 
@@ -93,7 +93,7 @@ def test_validation_stream_is_the_share_in_file_order(share):
     got = list(stream.StreamEval(index, val, 16, block_bytes=40 * 32 * 32 * 4)())
     x = np.concatenate([b[0] for b in got])
     y = np.concatenate([b[1] for b in got])
-    assert np.array_equal(x[..., 0], io.read_items(index, val))
+    assert np.array_equal(x[..., 0], read_items(index, val))
     assert np.array_equal(y, index.labels[val])
     assert all(len(b[0]) <= 16 for b in got)
 
