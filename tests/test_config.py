@@ -225,3 +225,14 @@ def test_docs_show_every_numeric_bound():
     for line in text.splitlines():
         if line.startswith("| `") and ("| integer" in line or "| number" in line):
             assert "<" in line.split("|")[4], f"no upper bound: {line}"
+
+
+def test_train_gpus_must_match_the_ranks():
+    with pytest.raises(UserError, match="2 GPU\\(s\\) per node for 1 rank\\(s\\) per node"):
+        loads({"slurm": {"train": {"gpus": 2, "ranks": 1}}})
+    with pytest.raises(UserError, match="3 rank\\(s\\) per node"):
+        loads({"slurm": {"train": {"gpus": 2, "ranks": 3}}})
+    one_each = loads({"slurm": {"train": {"gpus": 4, "ranks": 8, "nodes": 2}}})
+    assert one_each.slurm.train.gpu_sharing() is None
+    shared = loads({"slurm": {"train": {"gpus": 1, "ranks": 2}}})
+    assert shared.slurm.train.gpu_sharing() == "2 ranks share each GPU (by local rank)"

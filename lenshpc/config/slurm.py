@@ -89,6 +89,18 @@ class TrainJob:
         if self.ranks % self.nodes:
             raise UserError(f"config {path}.ranks: {self.ranks} ranks cannot be spread evenly "
                             f"over {path}.nodes={self.nodes} nodes")
+        per_node = self.ranks // self.nodes
+        if self.gpus and (self.gpus > per_node or per_node % self.gpus):
+            raise UserError(f"config {path}.gpus: {self.gpus} GPU(s) per node for {per_node} "
+                            f"rank(s) per node; give one GPU per rank (gpus x nodes = ranks) "
+                            f"or a number of ranks per node that the GPUs divide")
+
+    def gpu_sharing(self) -> str | None:
+        """How ranks share GPUs when there are more ranks than GPUs on a node, or None."""
+        per_node = self.ranks // self.nodes
+        if self.gpus and per_node > self.gpus:
+            return f"{per_node // self.gpus} ranks share each GPU (by local rank)"
+        return None
 
 
 @dataclass(frozen=True)

@@ -264,8 +264,12 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
             f"# {t.launcher} passes USR1 and TERM on to every rank.",
             'forward_to_launcher() { kill -s "$1" "$launcher" 2>/dev/null || true; }',
         ]
+    sharing = t.gpu_sharing()
+    gpu_note = ([f"# {t.gpus} GPU(s) per node, --device gpu: a task given GPUs never trains "
+                 "on the CPU; " + (sharing or "one GPU per rank") + "."] if t.gpus else [])
     return [
         *_prologue(cfg, setup, t.launcher),
+        *gpu_note,
         'job=${SLURM_ARRAY_TASK_ID:?submit this script as a job array, e.g. sbatch --array=0-3}',
         "",
         f"# Slurm sends USR1 to this shell {t.signal_seconds} s before the time limit "
@@ -284,7 +288,8 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         "",
         *launch,
         *_command(words, [("--config", _q(paths.config)), ("--data", _q(paths.dataset)),
-                          ("--out", _q(paths.runs)), ("--job", '"$job"')], tail=" &"),
+                          ("--out", _q(paths.runs)), ("--job", '"$job"'),
+                          *([("--device", "gpu")] if t.gpus else [])], tail=" &"),
         "launcher=$!",
         'if [[ -n $signal ]]; then forward_to_launcher "$signal"; fi',
         "# wait returns early when a trapped signal arrives: wait until the launcher has exited.",

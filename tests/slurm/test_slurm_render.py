@@ -123,7 +123,7 @@ def test_sbatch_lines_are_sorted_quoted_and_before_any_command():
 
 def test_extra_options_override_and_flags():
     cfg = _config("debug", slurm={"extra": ["--time=00:10:00", "--exclusive"],
-                                  "train": {"extra": ["--requeue"], "gpus": 2}})
+                                  "train": {"extra": ["--requeue"], "gpus": 2, "ranks": 2}})
     opts = script.sbatch_options(cfg, "train", EXAMPLE_WORKDIR.paths())
     assert opts["time"] == "00:10:00" and opts["exclusive"] is None
     assert opts["gres"] == "gpu:2" and opts["signal"] == "B:USR1@300"
