@@ -72,11 +72,12 @@ STREAM = {"shuffle_buffer": 1024, "stream_shards": 4}
 def _setup(config: str, data: str):
     from lenshpc.config import load
     from lenshpc.config.train import jobs
-    from lenshpc.train.run import _init_horovod, plan_job
+    from lenshpc.train.edge import init_horovod
+    from lenshpc.train.plan import plan_job
     cfg = load(config)
     job = jobs(cfg.train, cfg.dataset.n_folds)[JOB]
     plan = plan_job(cfg, job, data, tempfile.mkdtemp())
-    tf, hvd, _, _ = _init_horovod(cfg.train.threads_per_rank, "cpu")
+    tf, hvd, _, _ = init_horovod(cfg.train.threads_per_rank, "cpu")
     return cfg, plan, tf, hvd
 
 

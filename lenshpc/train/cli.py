@@ -80,7 +80,9 @@ def main(args: argparse.Namespace) -> int:
     if args.device is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
     job = select_job(cfg, args.job, args.model, args.fold)
-    from lenshpc.train.run import StopRequest, plan_job, run_job
+    from lenshpc.train.edge import StopRequest
+    from lenshpc.train.plan import plan_job
+    from lenshpc.train.run import run_job
     # Catch Slurm's warning signals from the start; the loop acts on them between steps.
     stop = StopRequest()
     stop.install()

@@ -32,7 +32,7 @@ from lenshpc.train.state import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lenshpc.train.run import JobPlan
+    from lenshpc.train.plan import JobPlan
 
 
 def weights_sha256(weights: list[np.ndarray]) -> str:

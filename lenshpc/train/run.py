@@ -2,7 +2,7 @@
 
 It reads top to bottom like Horovod's Keras example:
 
-1. :func:`plan_job` (every rank, before TensorFlow starts): rank 0 takes the job folder's
+1. :func:`lenshpc.train.plan.plan_job` (every rank, before TensorFlow starts): rank 0 takes the job folder's
    lock; the config, dataset, fold and job folder are checked with numpy and h5py only,
    and the checkpoint (if any) is read once. A problem is one :class:`UserError` line.
 2. :func:`run_job`: ``hvd.init()``, device pinned by local rank (and checked: a job given
@@ -23,28 +23,20 @@ It reads top to bottom like Horovod's Keras example:
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lenshpc.config import Config, UserError
-from lenshpc.config.schema import first_difference, to_plain
-from lenshpc.config.train import Job
-from lenshpc.lock import check_done, clear_done, exclusive
-from lenshpc.parallel import EXIT_STOPPED, launch_env
+from lenshpc.config import UserError
+from lenshpc.lock import clear_done
+from lenshpc.parallel import EXIT_STOPPED
 from lenshpc.train import data
+from lenshpc.train.edge import StopRequest, init_horovod, memory_limit_bytes
+from lenshpc.train.plan import JobPlan, launcher_rank
 from lenshpc.train.state import (
-    Checkpoint,
-    CheckpointError,
     JobFiles,
     TrainState,
-    load_checkpoint,
-    read_json,
 )
 
 EXIT_FINISHED = 0
@@ -54,244 +46,6 @@ N_SAMPLE_PREDICTIONS = 16
 
 def say(*parts: Any) -> None:
     print(*parts, flush=True)
-
-
-def _launcher_rank() -> int:
-    return launch_env().rank
-
-
-# --------------------------------------------------------------------------- plan (no TF)
-
-
-def resume_key(cfg: Config, job: Job, dataset_checksum: str) -> dict[str, Any]:
-    """Everything that decides what a job computes, by config path. A job directory
-    started with another key cannot be continued (epochs and I/O settings may change)."""
-    t = cfg.train
-    return {
-        "dataset checksum": dataset_checksum,
-        "seed": cfg.seed,
-        f"train.models[{job.model.name}]": {"p1": job.model.p1, "p2": job.model.p2},
-        "fold": job.fold,
-        "train.network": to_plain(t.network),
-        "train.loss_weights": list(t.loss_weights),
-        "train.standardize_targets": t.standardize_targets,
-        "train.batch_size": t.batch_size,
-        "train.learning_rate": t.learning_rate,
-        "train.warmup_epochs": t.warmup_epochs,
-        "train.early_stopping_patience": t.early_stopping_patience,
-        "train.reduce_lr_factor": t.reduce_lr_factor,
-        "train.reduce_lr_patience": t.reduce_lr_patience,
-        "train.min_lr": t.min_lr,
-        "train.keep": t.keep,
-        # In mixed precision the loss scale is part of the optimizer's state.
-        "train.precision": t.precision,
-    }
-
-
-@dataclass
-class JobPlan:
-    """A checked job: what to train on, where, for how long, and from which state."""
-
-    cfg: Config
-    job: Job
-    dataset: data.DatasetInfo
-    files: JobFiles
-    epochs: int
-    train_items: np.ndarray
-    val_items: np.ndarray
-    target_mean: np.ndarray
-    target_std: np.ndarray
-    key: dict[str, Any]
-    checkpoint: Checkpoint | None = None   # read once, under the job's lock
-    finished_note: str | None = None       # set when there is nothing left to do
-    refusal: str | None = None             # rank 0 could not take the job's lock
-    devices: list[dict[str, Any]] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-    _lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-
-    @property
-    def name(self) -> str:
-        return f"job {self.job.index} ({self.job.model.name}, fold {self.job.fold})"
-
-
-def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
-             epochs: int | None = None) -> JobPlan:
-    """Check the inputs of one job and decide what to do; UserError on any problem.
-
-    Reads only small things (labels, split, attributes, the job's JSON files), so every
-    rank can run it before any collective call and reach the same verdict."""
-    epochs = cfg.train.epochs if epochs is None else epochs
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {epochs}")
-    dataset = data.open_dataset(data_dir, cfg)
-    train_items, val_items = data.fold_items(dataset.split, job.fold)
-    if len(train_items) == 0 or len(val_items) == 0:
-        raise UserError(f"dataset {dataset.path}: fold {job.fold} leaves {len(train_items)} "
-                        f"training and {len(val_items)} validation items")
-    mean, std = data.target_stats(dataset.labels[train_items], cfg.train.standardize_targets)
-    runs = Path(runs)
-    if runs.exists() and not runs.is_dir():
-        raise UserError(f"--out {runs} exists and is not a directory")
-    files = JobFiles(runs / job.path)
-    existing = next(p for p in (files.root, *files.root.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--out {runs}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK):
-        raise UserError(f"cannot write to {existing} (for --out {runs})")
-    key = resume_key(cfg, job, dataset.checksum)
-    plan = JobPlan(cfg, job, dataset, files, epochs, train_items, val_items, mean, std, key)
-
-    if _launcher_rank() == 0:
-        # Held until the process ends; the other ranks work under rank 0's lock.
-        try:
-            plan._lock.enter_context(exclusive(files.root, "job"))
-        except UserError as exc:
-            plan.refusal = str(exc)
-            return plan
-
-    run_info = read_json(files.run_json)
-    if files.checkpoint.exists():
-        try:
-            plan.checkpoint = load_checkpoint(files.checkpoint)
-        except CheckpointError as exc:
-            raise UserError(f"{files.checkpoint} cannot be used: {exc}; delete it to restart "
-                            f"the job from epoch 0") from None
-    elif run_info is not None and run_info.get("epochs_done", 0) > 0:
-        raise UserError(f"{files.root} has a run.json but no checkpoint.npz; remove "
-                        f"{files.root} to start the job again")
-    if plan.checkpoint is not None:
-        state = plan.checkpoint.state
-        started = dict(state.key)
-        # Job folders started before train.precision existed trained in float32.
-        started.setdefault("train.precision", "float32")
-        diff = first_difference(started, key)
-        if diff:
-            raise UserError(f"{files.root} was started with other settings ({diff}); use "
-                            f"another --out or remove that directory")
-        done = state.epochs_done
-        finished = bool(check_done(files.root, JobFiles.PRODUCT))
-        if finished and state.early_stopped:
-            plan.finished_note = (f"{plan.name} is finished: it stopped early after epoch "
-                                  f"{done} (val_loss did not improve); nothing to do")
-        elif finished and done >= epochs:
-            plan.finished_note = (f"{plan.name} is finished ({done} epochs"
-                                  f"{'' if done == epochs else f', more than --epochs {epochs}'})"
-                                  f"; nothing to do")
-    return plan
-
-
-# --------------------------------------------------------------------------- signals
-
-
-class StopRequest:
-    """Remembers SIGTERM/SIGUSR1 (Slurm's warnings before a time limit or preemption).
-
-    The handler only sets a flag; the training loop decides when to stop (between steps,
-    agreed by all ranks), so a checkpoint is never left half-written."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-
-    def install(self) -> "StopRequest":
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-
-# --------------------------------------------------------------------------- Horovod edge
-
-
-def _init_horovod(threads_per_rank: int | None, device: str = "auto",
-                  jit_compile: bool | None = None):
-    """hvd.init(); the device checked and pinned by local rank; CPU threads shared by the
-    node's ranks. Returns (tf, hvd, this rank's device record, a problem or None)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if jit_compile is not False and device != "cpu":
-        # Horovod's allreduce inside an XLA-compiled step needs its XLA operations (GPU
-        # only), switched on before Horovod loads them.
-        os.environ.setdefault("HOROVOD_ENABLE_XLA_OPS", "1")
-    import horovod.tensorflow.keras as hvd
-    import tensorflow as tf
-
-    from lenshpc.train.device import choose_device
-    # Keras times the first steps' callbacks, which include Horovod's one-off broadcast,
-    # and then warns about "slow" callbacks; that warning would only mislead here.
-    tf.get_logger().addFilter(
-        lambda record: "is slow compared to the batch time" not in record.getMessage())
-    hvd.init()
-    gpus = tf.config.list_physical_devices("GPU")
-    built_cuda = bool(tf.test.is_built_with_cuda())
-    try:
-        kind = choose_device(device, os.environ, [g.name for g in gpus], built_cuda)
-        problem = None
-    except UserError as exc:
-        kind, problem = "cpu", str(exc)
-    memory = None
-    if kind == "gpu":
-        index = hvd.local_rank() % len(gpus)
-        gpu = gpus[index]
-        tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.set_visible_devices(gpu, "GPU")
-        details = tf.config.experimental.get_device_details(gpu)
-        name = details.get("device_name", gpu.name)
-        memory = _gpu_memory_bytes(index)
-    else:
-        if gpus:
-            tf.config.set_visible_devices([], "GPU")
-        name = "CPU"
-    if threads_per_rank is None:
-        avail = len(os.sched_getaffinity(0))
-        # A launcher that binds each rank already gave it its own CPUs.
-        bound = avail < (os.cpu_count() or avail)
-        threads_per_rank = avail if bound else max(1, avail // hvd.local_size())
-    tf.config.threading.set_intra_op_parallelism_threads(threads_per_rank)
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads_per_rank)))
-    record = {"rank": hvd.rank(), "host": os.uname().nodename, "device": kind, "name": name,
-              "tf_built_with_cuda": built_cuda, "threads": threads_per_rank,
-              "memory_bytes": memory}
-    return tf, hvd, record, problem
-
-
-def _gpu_memory_bytes(index: int) -> int | None:
-    """Total memory of the process' GPU ``index`` (as CUDA_VISIBLE_DEVICES numbers it),
-    from nvidia-smi; None when it cannot be asked."""
-    import subprocess
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-    which = visible[index] if index < len(visible) and visible[index].strip() else str(index)
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,"
-                              "nounits", "-i", which], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
-        return int(float(out.split()[0]) * 2**20)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def memory_limit_bytes() -> int:
-    """The memory this process may use: the node's physical memory, or a lower cgroup
-    (v2 memory.max, v1 memory.limit_in_bytes) or address-space (ulimit -v) limit."""
-    import resource
-    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            limits.append(int(text))
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft != resource.RLIM_INFINITY:
-        limits.append(int(soft))
-    return min(limits)
 
 
 # --------------------------------------------------------------------------- the job
@@ -479,14 +233,14 @@ def _callbacks(plan: JobPlan, state: TrainState, model, optimizer, scaled_lr: fl
 def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     """Train the planned job; 0 when finished, 75 when stopped by a signal (resumable)."""
     if plan.finished_note and plan.refusal is None:
-        if _launcher_rank() == 0:
+        if launcher_rank() == 0:
             say(plan.finished_note)
         return EXIT_FINISHED
     stop = stop or StopRequest().install()
     t = plan.cfg.train
 
     # 1. Horovod, device, and one verdict on the plan for all ranks.
-    tf, hvd, device, problem = _init_horovod(t.threads_per_rank, t.device, t.jit_compile)
+    tf, hvd, device, problem = init_horovod(t.threads_per_rank, t.device, t.jit_compile)
     import horovod.tensorflow as hvd_tf
     rank, size = hvd.rank(), hvd.size()
     root = rank == 0

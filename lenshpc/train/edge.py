@@ -1,0 +1,130 @@
+"""The edges of a training process: signals, Horovod's start, the device and memory.
+
+:class:`StopRequest` turns SIGTERM/SIGUSR1 into a flag the training loop checks between
+steps. :func:`init_horovod` starts Horovod, checks and pins the device by local rank (a
+job given GPUs never falls back to the CPU silently; see :mod:`lenshpc.train.device`)
+and shares the node's CPU threads among its ranks. :func:`memory_limit_bytes` is what
+``train.input: auto`` weighs a rank's share against.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from lenshpc.config import UserError
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Remembers SIGTERM/SIGUSR1 (Slurm's warnings before a time limit or preemption).
+
+    The handler only sets a flag; the training loop decides when to stop (between steps,
+    agreed by all ranks), so a checkpoint is never left half-written."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self) -> "StopRequest":
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+# --------------------------------------------------------------------------- Horovod edge
+
+
+def init_horovod(threads_per_rank: int | None, device: str = "auto",
+                  jit_compile: bool | None = None):
+    """hvd.init(); the device checked and pinned by local rank; CPU threads shared by the
+    node's ranks. Returns (tf, hvd, this rank's device record, a problem or None)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if jit_compile is not False and device != "cpu":
+        # Horovod's allreduce inside an XLA-compiled step needs its XLA operations (GPU
+        # only), switched on before Horovod loads them.
+        os.environ.setdefault("HOROVOD_ENABLE_XLA_OPS", "1")
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    from lenshpc.train.device import choose_device
+    # Keras times the first steps' callbacks, which include Horovod's one-off broadcast,
+    # and then warns about "slow" callbacks; that warning would only mislead here.
+    tf.get_logger().addFilter(
+        lambda record: "is slow compared to the batch time" not in record.getMessage())
+    hvd.init()
+    gpus = tf.config.list_physical_devices("GPU")
+    built_cuda = bool(tf.test.is_built_with_cuda())
+    try:
+        kind = choose_device(device, os.environ, [g.name for g in gpus], built_cuda)
+        problem = None
+    except UserError as exc:
+        kind, problem = "cpu", str(exc)
+    memory = None
+    if kind == "gpu":
+        index = hvd.local_rank() % len(gpus)
+        gpu = gpus[index]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+        details = tf.config.experimental.get_device_details(gpu)
+        name = details.get("device_name", gpu.name)
+        memory = _gpu_memory_bytes(index)
+    else:
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")
+        name = "CPU"
+    if threads_per_rank is None:
+        avail = len(os.sched_getaffinity(0))
+        # A launcher that binds each rank already gave it its own CPUs.
+        bound = avail < (os.cpu_count() or avail)
+        threads_per_rank = avail if bound else max(1, avail // hvd.local_size())
+    tf.config.threading.set_intra_op_parallelism_threads(threads_per_rank)
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads_per_rank)))
+    record = {"rank": hvd.rank(), "host": os.uname().nodename, "device": kind, "name": name,
+              "tf_built_with_cuda": built_cuda, "threads": threads_per_rank,
+              "memory_bytes": memory}
+    return tf, hvd, record, problem
+
+
+def _gpu_memory_bytes(index: int) -> int | None:
+    """Total memory of the process' GPU ``index`` (as CUDA_VISIBLE_DEVICES numbers it),
+    from nvidia-smi; None when it cannot be asked."""
+    import subprocess
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    which = visible[index] if index < len(visible) and visible[index].strip() else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,"
+                              "nounits", "-i", which], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        return int(float(out.split()[0]) * 2**20)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def memory_limit_bytes() -> int:
+    """The memory this process may use: the node's physical memory, or a lower cgroup
+    (v2 memory.max, v1 memory.limit_in_bytes) or address-space (ulimit -v) limit."""
+    import resource
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append(int(soft))
+    return min(limits)
