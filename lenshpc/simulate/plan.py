@@ -23,6 +23,7 @@ import yaml
 
 from lenshpc import __version__, io, lock
 from lenshpc.config import Config, UserError, loads, to_plain
+from lenshpc.config.schema import first_difference
 from lenshpc.dataset import CONFIG, INDEX, SHARDS
 from lenshpc.dataset.shards import estimate_bytes, shard_info, shard_intact, shard_path
 from lenshpc.parallel import World
@@ -77,19 +78,6 @@ def fingerprint(cfg: Config, catalogue_sha256: str | None) -> str:
     text = yaml.safe_dump({"config": dataset_part(cfg), "catalogue": catalogue_sha256},
                           sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """``key.path: old -> new`` of the first difference of two plain trees, or None."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            d = first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
-            if d:
-                return d
-        return None
-    if old != new:
-        return f"{path}: {old!r} -> {new!r}"
-    return None
 
 
 # --------------------------------------------------------------------------- plan
