@@ -171,7 +171,7 @@ def main() -> None:
              "| ratio to re-render | 2 ranks /CPU s | parallel efficiency "
              "| 1 rank /s | 2 ranks /s | 2 ranks, MC x10 /s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, n, ref, ref_cpu, r1, c1, r2, c2, mc, mc_cpu in rows:
+    for label, n, _ref, ref_cpu, r1, c1, r2, c2, mc, _mc_cpu in rows:
         lines.append(f"| {label} | {n} | {ref_cpu:.1f} | {c1:.1f} | **{c1 / ref_cpu:.2f}x** | "
                      f"{c2:.1f} | **{c2 / c1:.2f}** | {r1:.1f} | {r2:.1f} | {mc:.1f} |")
     lines += ["", "Ratio to re-render below 1: the cost of prediction and scoring on top of the "

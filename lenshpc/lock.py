@@ -90,7 +90,7 @@ def marker_path(folder: str | os.PathLike, product: str) -> Path:
 
 
 def _entry(path: Path, hashed: bool) -> dict:
-    entry = {"size": path.stat().st_size}
+    entry: dict[str, int | str] = {"size": path.stat().st_size}
     if hashed:
         entry["sha256"] = file_sha256(path)
     return entry

@@ -71,7 +71,7 @@ def fig_parameter_distributions(values: np.ndarray, test_values: np.ndarray | No
     (``test_values``) outlined."""
     fig = _figure(7.0, 5.0)
     axes = fig.subplots(2, 2).ravel()
-    for j, (ax, name) in enumerate(zip(axes, names)):
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
         v = values[:, j]
         lo, hi = float(np.min(v)), float(np.max(v))
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
@@ -186,7 +186,7 @@ def fig_psnr_distributions(psnr: Mapping[str, np.ndarray]) -> Figure:
     else:
         bins = np.linspace(0, 1, 2)
     ax.axvspan(30, 40, color="0.92", zorder=0, label="30-40 dB (good)")
-    for (model, p), color in zip(psnr.items(), _colors(len(psnr))):
+    for (model, p), color in zip(psnr.items(), _colors(len(psnr)), strict=True):
         valid = p[~np.isnan(p)]
         finite = valid[np.isfinite(valid)]
         n_inf = int(np.sum(np.isinf(valid)))
@@ -268,7 +268,7 @@ def fig_predicted_vs_true(true: Mapping[str, np.ndarray], pred: Mapping[str, np.
             pad = 0.03 * (hi - lo if hi > lo else 1.0)
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="k", lw=0.8, label="1:1")
             fold_ids = np.unique(folds[model])
-            for k, color in zip(fold_ids, _colors(len(fold_ids))):
+            for k, color in zip(fold_ids, _colors(len(fold_ids)), strict=True):
                 sel = folds[model] == k
                 ax.scatter(y[sel], yhat[sel], s=4, alpha=0.6, color=color, lw=0, rasterized=True,
                            label=f"fold {k}")
@@ -295,7 +295,7 @@ def _boxes(ax, data: Sequence[np.ndarray], models: Sequence[str], colors, percen
     shown = positive if use_log else data
     shown = [d if d.size else np.array([np.nan]) for d in shown]
     bp = ax.boxplot(shown, whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
-    for patch, color in zip(bp["boxes"], colors):
+    for patch, color in zip(bp["boxes"], colors, strict=True):
         patch.set_facecolor(color)
         patch.set_alpha(0.5)
     for med in bp["medians"]:
@@ -357,9 +357,9 @@ def fig_calibration(true: Mapping[str, np.ndarray], mean: Mapping[str, np.ndarra
     nominal = erf(ks / math.sqrt(2))
     fig = _figure(2.2 * len(names) + 0.4, 2.8)
     axes = fig.subplots(1, len(names), squeeze=False, sharey=True)[0]
-    for c, (ax, name) in enumerate(zip(axes, names)):
+    for c, (ax, name) in enumerate(zip(axes, names, strict=True)):
         ax.plot([0, 1], [0, 1], color="k", lw=0.8, label="ideal")
-        for model, color in zip(mean, _colors(len(mean))):
+        for model, color in zip(mean, _colors(len(mean)), strict=True):
             y, mu, s = true[model][:, c], mean[model][:, c], std[model][:, c]
             observed = [float(np.mean(np.abs(y - mu) <= k * s)) for k in ks]
             label = f"{model} (no dropout: zero spread)" if model in no_dropout else model

@@ -8,7 +8,6 @@ units, and per parameter R², relative errors, NMAD, bias and sigma.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from pathlib import Path
@@ -19,12 +18,26 @@ import numpy as np
 from lenshpc import __version__
 from lenshpc.config.train import TARGETS
 from lenshpc.evaluate import figures, metrics, store
+from lenshpc.evaluate.tables import (
+    COVERAGE_COLUMNS,
+    METRICS_CSV_COLUMNS,
+    PSNR_COLUMNS,
+    coverage_rows,
+    csv_text,
+    fmt_number,
+    fmt_pm,
+    group_by_model,
+    job_metrics_rows,
+    job_summary,
+    md_table,
+    model_fold,
+    psnr_row,
+    table1_csv,
+    table1_latex,
+    table1_markdown,
+    table1_rows,
+)
 from lenshpc.io import atomic_write_text
-from lenshpc.evaluate.tables import (COVERAGE_COLUMNS, METRICS_CSV_COLUMNS, PSNR_COLUMNS,
-                                     coverage_rows, csv_text, fmt_number, fmt_pm,
-                                     group_by_model, job_metrics_rows, job_summary, md_table,
-                                     model_fold, psnr_row, table1_csv, table1_latex,
-                                     table1_markdown, table1_rows)
 from lenshpc.train.record import devices_summary
 from lenshpc.train.state import JobFiles, read_history
 
@@ -155,7 +168,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, c
     from lenshpc.evaluate.kernels import reference_images, rerender
     from lenshpc.simulate.render import Renderer
     renderer = Renderer(ds_cfg.image)
-    first = {}
+    first: dict[str, str] = {}
     for key in preds:
         first.setdefault(model_fold(key)[0], key)
     pos = typical_system(preds[next(iter(first.values()))])

@@ -33,7 +33,7 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
     written = submit.render_scripts(cfg, out, paths)
     print(f"wrote {out / 'config.yaml'} (the resolved config the scripts read)")
-    for stage, path in written.items():
+    for _stage, path in written.items():
         print(f"wrote {path}")
     n = len(jobs(cfg.train, cfg.dataset.n_folds))
     print(f"submit by hand: a=$(sbatch --parsable {written['simulate']}); "

@@ -26,7 +26,7 @@ def test_r2_is_one_for_perfect_and_matches_the_definition():
     y = rng.uniform(0.1, 3.0, 1000)
     assert M.r2(y, y) == 1.0
     yhat = y + rng.normal(0, 0.2, y.size)
-    expected = 1 - sum((a - b) ** 2 for a, b in zip(y, yhat)) / sum((a - y.mean()) ** 2 for a in y)
+    expected = 1 - sum((a - b) ** 2 for a, b in zip(y, yhat, strict=True)) / sum((a - y.mean()) ** 2 for a in y)
     assert M.r2(y, yhat) == pytest.approx(expected, rel=1e-12)
     # the mean as prediction scores exactly 0
     assert M.r2(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
