@@ -261,6 +261,15 @@ def test_a_shard_failing_verify_is_not_complete_and_is_redone(small, tmp_path):
 # --------------------------------------------------------------------------- one writer
 
 
+def _slow_simulate(cfg, out, pause: str) -> subprocess.Popen:
+    """``lenshpc simulate`` (one process) that pauses ``pause`` s after each shard (a test
+    hook), so other processes can act while it runs."""
+    return subprocess.Popen([PYTHON, "-m", "lenshpc", "simulate", "--config", str(cfg), "--out",
+                             str(out), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env(LENSHPC_TEST_SLOW_SHARD=pause), start_new_session=True)
+
+
 def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -276,10 +285,7 @@ def test_a_second_simulate_into_the_same_out_is_refused_naming_the_holder(small,
     other = write_config(tmp_path / "other.yaml", base=cfg, seed=99)
     out = tmp_path / "ds"
     # Test hook: the first run pauses after each shard, so the others start while it runs.
-    first = subprocess.Popen([PYTHON, "-m", "lenshpc", "simulate", "--config", str(cfg), "--out",
-                              str(out), "--no-progress"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
-                             env=env(LENSHPC_TEST_SLOW_SHARD="1.0"), start_new_session=True)
+    first = _slow_simulate(cfg, out, "1.0")
     try:
         _wait_for(lambda: list((out / "shards").glob("shard-*.h5")), "a first shard", first)
         holder = f"pid {first.pid}"
@@ -380,10 +386,7 @@ def test_disk_full_while_shards_are_written_then_resume(disk, reference):
 def test_disk_full_while_the_index_is_written_then_resume(disk, reference):
     cfg, checksum = reference
     out = disk / "ds"
-    run = subprocess.Popen([PYTHON, "-m", "lenshpc", "simulate", "--config", str(cfg), "--out",
-                            str(out), "--no-progress"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True,
-                           env=env(LENSHPC_TEST_SLOW_SHARD="0.3"), start_new_session=True)
+    run = _slow_simulate(cfg, out, "0.3")
     try:
         # the hook pauses after the last shard too: the disk fills before the index
         _wait_for(lambda: len(list((out / "shards").glob("shard-*.h5"))) == 12, "12 shards", run)

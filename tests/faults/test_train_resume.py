@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import PYTHON, env, lenshpc
 from tests.train.test_train_run import wait_for
-from tests.train.train_util import history_rows, run_json, train_config
+from tests.train.train_util import history_rows, run_json, train_config, train_once
 
 EPOCHS = 4
 JOB, JOB_PATH = 0, "model1/fold-0"   # p1 0.2, p2 0.3
@@ -24,12 +24,7 @@ JOB, JOB_PATH = 0, "model1/fold-0"   # p1 0.2, p2 0.3
 @pytest.fixture(scope="module")
 def straight(train_data, tmp_path_factory):
     """Job 0 (model1, dropout) trained for 4 epochs in one go."""
-    root = tmp_path_factory.mktemp("straight")
-    cfg = train_config(root / "c.yaml", epochs=EPOCHS, early_stopping_patience=0,
-                       tensorboard=False)
-    lenshpc("train", "--config", cfg, "--data", train_data, "--out", root / "runs",
-            "--job", JOB, check=True)
-    return cfg, root / "runs"
+    return train_once(train_data, tmp_path_factory.mktemp("straight"), JOB, EPOCHS)
 
 
 def _interrupted(cfg, train_data, runs, how) -> subprocess.CompletedProcess:

@@ -9,10 +9,10 @@ In CI (``CI`` set) the goldens are never rewritten: a difference fails.
 from __future__ import annotations
 
 import json
-import sys
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest

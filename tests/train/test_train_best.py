@@ -12,7 +12,7 @@ import pytest
 from lenshpc.train.record import update_best, weights_sha256
 from lenshpc.train.state import load_checkpoint
 from tests.conftest import lenshpc
-from tests.train.train_util import history_rows, run_json, train_config
+from tests.train.train_util import history_rows, run_json, train_config, train_once
 
 EPOCHS = 4
 JOB, JOB_PATH = 0, "model1/fold-0"   # p1 0.2, p2 0.3
@@ -21,12 +21,7 @@ JOB, JOB_PATH = 0, "model1/fold-0"   # p1 0.2, p2 0.3
 @pytest.fixture(scope="module")
 def straight(train_data, tmp_path_factory):
     """Job 0 (model1, dropout) trained for 4 epochs in one go."""
-    root = tmp_path_factory.mktemp("best")
-    cfg = train_config(root / "c.yaml", epochs=EPOCHS, early_stopping_patience=0,
-                       tensorboard=False)
-    lenshpc("train", "--config", cfg, "--data", train_data, "--out", root / "runs",
-            "--job", JOB, check=True)
-    return cfg, root / "runs"
+    return train_once(train_data, tmp_path_factory.mktemp("best"), JOB, EPOCHS)
 
 
 def test_best_epoch_is_the_lowest_val_loss_and_is_the_saved_model(straight):

@@ -56,3 +56,14 @@ def predict_with_plain_keras(model: Path, data: Path, indices: list[int]) -> np.
 def dataset_checksum(data: Path) -> str:
     with h5py.File(data / "dataset.h5", "r") as f:
         return str(f.attrs["checksum"])
+
+
+def train_once(data: Path, root: Path, job: int, epochs: int) -> tuple[Path, Path]:
+    """Train job ``job`` for ``epochs`` epochs in one go (no early stop, no TensorBoard):
+    (its config, its RUNS)."""
+    from tests.conftest import lenshpc
+    cfg = train_config(root / "c.yaml", epochs=epochs, early_stopping_patience=0,
+                       tensorboard=False)
+    lenshpc("train", "--config", cfg, "--data", data, "--out", root / "runs", "--job", job,
+            check=True)
+    return cfg, root / "runs"
