@@ -112,14 +112,42 @@ def _gpu_memory_bytes(index: int) -> int | None:
         return None
 
 
+def cgroup_limit_files(proc_cgroup: str, root: str = "/sys/fs/cgroup") -> list[Path]:
+    """The memory-limit files of this process' cgroup and of every cgroup above it, from
+    the text of ``/proc/self/cgroup``: v1 ``N:memory:/path`` gives
+    ``root/memory/path/memory.limit_in_bytes``, v2 ``0::/path`` gives
+    ``root/path/memory.max``. Slurm puts each job in a nested cgroup
+    (``.../slurm/uid_U/job_J/...``): the limit is there, not at the root."""
+    files = []
+    for line in proc_cgroup.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if "memory" in controllers.split(","):
+            base, name = Path(root) / "memory", "memory.limit_in_bytes"
+        elif controllers == "":
+            base, name = Path(root), "memory.max"
+        else:
+            continue
+        rel = Path(path.lstrip("/"))
+        for up in (rel, *rel.parents):
+            files.append(base / up / name)
+    return files
+
+
 def memory_limit_bytes() -> int:
-    """The memory this process may use: the node's physical memory, or a lower cgroup
-    (v2 memory.max, v1 memory.limit_in_bytes) or address-space (ulimit -v) limit."""
+    """The memory this process may use: the node's physical memory, or a lower limit of
+    its own cgroup or any cgroup above it (v1 or v2), or of ``ulimit -v``."""
     import resource
     limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+        proc_cgroup = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        proc_cgroup = ""
+    for path in cgroup_limit_files(proc_cgroup):
         try:
-            text = Path(path).read_text().strip()
+            text = path.read_text().strip()
         except OSError:
             continue
         if text.isdigit():
