@@ -25,10 +25,9 @@ from lenshpc.lock import mark_done
 from lenshpc.train.state import (
     Checkpoint,
     TrainState,
-    history_text,
     save_checkpoint,
+    write_history,
     write_json,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,7 +154,7 @@ class Recorder:
     def write_products(self, finished: bool, extra: dict[str, Any] | None = None) -> None:
         files = self.plan.files
         files.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(files.history, history_text(self.state.history))
+        write_history(files.history, self.state.history)
         write_json(files.run_json, self.run_record(finished, extra))
 
     def finish(self, final_model, weights_digests: list[str], val_x: np.ndarray,

@@ -74,13 +74,14 @@ class JobFiles:
         return (self.model, self.run_json, self.history)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file, fsync and rename."""
-    atomic_write_text(path, text, sync=True)
+def write_history(path: Path, rows: Sequence[dict[str, float]]) -> None:
+    """Write history.csv (atomically, synced)."""
+    atomic_write_text(path, history_text(rows), sync=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    """Write run.json (atomically, synced)."""
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n", sync=True)
 
 
 def history_text(rows: Sequence[dict[str, float]]) -> str:
