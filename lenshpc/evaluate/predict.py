@@ -12,6 +12,8 @@ seeded by (root seed, job, first item of the chunk, pass, batch, layer), never b
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from lenshpc.config import UserError
@@ -34,7 +36,7 @@ def configure_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def load_model(path) -> object:
+def load_model(path) -> Any:
     """The Keras model saved by ``lenshpc train`` (compile=False); UserError if unreadable."""
     import tensorflow as tf
     try:
@@ -42,16 +44,6 @@ def load_model(path) -> object:
     except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
         raise UserError(f"cannot load model {path}: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def weights_sha256(model) -> str:
-    """sha256 (hex) over the bytes of the model's weight arrays in order: the hash train
-    records in run.json (``model_weights_sha256``; ``weights_sha256`` in older runs)."""
-    import hashlib
-    h = hashlib.sha256()
-    for w in model.get_weights():
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
 
 
 def _batches(n: int, batch_size: int):

@@ -49,6 +49,7 @@ from lenshpc.evaluate.kernels import (
 from lenshpc.io import raise_open_file_limit
 from lenshpc.lock import clear_done, exclusive, mark_done
 from lenshpc.parallel import World, split_evenly, world as get_world
+from lenshpc.train.state import weights_sha256
 
 __all__ = ["Outcome", "evaluate"]
 
@@ -192,7 +193,7 @@ def _load(job: store.JobRun, mc: bool):
         model = predict.load_model(job.model_file)
     except UserError as exc:
         raise UserError(f"{job.key}: {exc}") from None
-    if job.weights_sha256 and predict.weights_sha256(model) != job.weights_sha256:
+    if job.weights_sha256 and weights_sha256(model.get_weights()) != job.weights_sha256:
         raise UserError(f"{job.key}: refused, {job.model_file} does not hold the weights train "
                         f"finished with (their hash differs from run.json's); restore the "
                         f"job's own model or train it again")

@@ -9,7 +9,6 @@ weights, ``train.keep``), the final run.json and, last, the completion marker.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import platform
 import sys
@@ -26,19 +25,13 @@ from lenshpc.train.state import (
     Checkpoint,
     TrainState,
     save_checkpoint,
+    weights_sha256,
     write_history,
     write_json,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from lenshpc.train.plan import JobPlan
-
-
-def weights_sha256(weights: list[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:

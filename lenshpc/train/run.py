@@ -311,7 +311,7 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
                         f"train.learning_rate, then remove {plan.files.root} and train again")
 
     # 7. Save (rank 0): every rank holds the same weights; their checksums show it.
-    from lenshpc.train.record import weights_sha256
+    from lenshpc.train.state import weights_sha256
     digests = [weights_sha256(model.get_weights())]
     if size > 1:
         digests = hvd_tf.allgather_object(digests[0], name="weights_sha256")

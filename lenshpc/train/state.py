@@ -20,6 +20,7 @@ Pure Python + numpy: no TensorFlow needed to read any of it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -91,6 +92,15 @@ def history_text(rows: Sequence[dict[str, float]]) -> str:
         lines.append(",".join(str(int(row[c])) if c == "epoch" else repr(float(row[c]))
                               for c in HISTORY_COLUMNS))
     return "\n".join(lines) + "\n"
+
+
+def weights_sha256(weights: Sequence[np.ndarray]) -> str:
+    """sha256 (hex) over the bytes of a model's weight arrays in order: the hash run.json
+    records (``model_weights_sha256`` of model.keras, ``weights_sha256`` of each rank)."""
+    h = hashlib.sha256()
+    for w in weights:
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
 
 
 def read_history(path: Path) -> dict[str, np.ndarray] | None:

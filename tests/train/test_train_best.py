@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from lenshpc.train.record import update_best, weights_sha256
-from lenshpc.train.state import load_checkpoint
+from lenshpc.train.record import update_best
+from lenshpc.train.state import load_checkpoint, weights_sha256
 from tests.conftest import lenshpc
 from tests.train.train_util import history_rows, run_json, train_config, train_once
 
