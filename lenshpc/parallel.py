@@ -15,6 +15,12 @@ from typing import Any, Mapping
 #: (a training epoch): run the same command again to continue. Every rank returns it;
 #: ``lenshpc run`` and the rendered train script act on it (75 is BSD's EX_TEMPFAIL).
 EXIT_STOPPED = 75
+#: What ``horovodrun`` (MPI mode) passes to mpirun to place its ranks, instead of its
+#: default ``-bind-to none -map-by slot``: Open MPI 5's mpirun (prterun) refuses those
+#: single-dash forms ("unable to find the specified executable ... none"); the long
+#: options mean the same to Open MPI 4 and 5. No binding: TensorFlow's threads may use
+#: every core the rank was given.
+HOROVODRUN_BINDING = "--bind-to none --map-by slot"
 #: Exit status of a user error (bad config, missing file, wrong fold): one line, no traceback.
 EXIT_USER_ERROR = 2
 
@@ -156,6 +162,21 @@ def agreed_exit(status: int, timeout: float = 10.0) -> bool:
     MPI = sys.modules.get("mpi4py.MPI")
     if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
         return False
+    hvd = sys.modules.get("horovod.tensorflow")
+    if hvd is not None:
+        # First stop Horovod's background thread, the process' other user of MPI: Open
+        # MPI crashed now and then (SIGSEGV in a request's test) with both at work. A
+        # rank that failed alone thereby ends Horovod on the others too, whose next
+        # collective then fails: the job ends, as it must.
+        try:
+            if hvd.is_initialized():
+                hvd.shutdown()
+        except Exception:  # noqa: BLE001 - the exit goes on; the abort is the fallback
+            return False
+        if MPI.Is_finalized():
+            # Horovod finalizes an MPI it initialised itself (horovodrun in MPI mode,
+            # where mpi4py was imported later only to name the library).
+            return True
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     deadline = time.monotonic() + timeout
@@ -181,13 +202,6 @@ def agreed_exit(status: int, timeout: float = 10.0) -> bool:
             answer = wait([comm.irecv(source=0, tag=_EXIT_TAG)])
             agreed = bool(answer and answer[0])
         if not agreed:
-            return False
-    hvd = sys.modules.get("horovod.tensorflow")
-    if hvd is not None:
-        try:
-            if hvd.is_initialized():
-                hvd.shutdown()  # its background thread must not outlive MPI
-        except Exception:  # noqa: BLE001 - the exit goes on; the abort is the fallback
             return False
     MPI.Finalize()
     return True

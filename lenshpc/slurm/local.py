@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from lenshpc.config import Config, UserError
 from lenshpc.config.train import jobs
-from lenshpc.parallel import EXIT_STOPPED
+from lenshpc.parallel import EXIT_STOPPED, HOROVODRUN_BINDING
 from lenshpc.slurm.supervise import Supervisor
 from lenshpc.slurm.workdir import Workdir, prepare, progress
 
@@ -59,7 +59,8 @@ def stage_command(stage: str, args: list[str], np_: int, cores: int,
     if launcher == "horovodrun":
         horovodrun = Path(python).parent / "horovodrun"
         return [str(horovodrun) if horovodrun.exists() else "horovodrun", "-np", str(np_),
-                "-H", f"localhost:{np_}", python, "-m", "lenshpc", stage, *args]
+                "-H", f"localhost:{np_}", f"--binding-args={HOROVODRUN_BINDING}",
+                python, "-m", "lenshpc", stage, *args]
     # --bind-to none: the stages' own threads (TensorFlow, BLAS) may use every core.
     cmd = ["mpirun", "-n", str(np_), "--bind-to", "none"]
     if np_ > cores:

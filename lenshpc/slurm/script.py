@@ -17,7 +17,7 @@ from typing import Iterable, Literal, Mapping
 from lenshpc.config import Config
 from lenshpc.config.slurm import MpiJob, Slurm
 from lenshpc.config.train import jobs
-from lenshpc.parallel import EXIT_STOPPED
+from lenshpc.parallel import EXIT_STOPPED, HOROVODRUN_BINDING
 
 Stage = Literal["simulate", "train", "evaluate"]
 STAGES: tuple[Stage, ...] = ("simulate", "train", "evaluate")
@@ -241,7 +241,8 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
             f'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/\\$/:{per_node}/" '
             "| paste -sd, -)",
         ]
-        words = ["horovodrun", "-np", str(t.ranks), "-H", '"$hosts"', "python -m lenshpc train"]
+        words = ["horovodrun", "-np", str(t.ranks), "-H", '"$hosts"',
+                 f"--binding-args='{HOROVODRUN_BINDING}'", "python -m lenshpc train"]
         forward = [
             "# horovodrun itself dies of USR1: signal the training processes it started.",
             "descendants() { local c; for c in $(pgrep -P \"$1\"); do echo \"$c\"; "
