@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from lenshpc.config import UserError
+from lenshpc.parallel import launch_env
 
 # --------------------------------------------------------------------------- signals
 
@@ -93,8 +95,22 @@ def init_horovod(threads_per_rank: int | None, device: str = "auto",
     tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads_per_rank)))
     record = {"rank": hvd.rank(), "host": os.uname().nodename, "device": kind, "name": name,
               "tf_built_with_cuda": built_cuda, "threads": threads_per_rank,
-              "memory_bytes": memory}
+              "memory_bytes": memory, **launch_facts(hvd)}
     return tf, hvd, record, problem
+
+
+def launch_facts(hvd: Any) -> dict[str, Any]:
+    """How this rank was started, for run.json: the launcher whose variables it sees
+    (:func:`lenshpc.parallel.launch_env`; ``none`` without one), Horovod's controller
+    (``mpi`` or ``gloo``) and, when MPI is in use, the MPI library's first line
+    (e.g. ``Open MPI v5.0.8, ...``)."""
+    controller = "mpi" if hvd.mpi_enabled() else "gloo" if hvd.gloo_enabled() else "none"
+    mpi = None
+    if controller == "mpi" or "mpi4py.MPI" in sys.modules:
+        # MPI is initialised already (by Horovod or mpi4py): this only asks its name.
+        from mpi4py import MPI
+        mpi = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
+    return {"launcher": launch_env().launcher or "none", "controller": controller, "mpi": mpi}
 
 
 def _gpu_memory_bytes(index: int) -> int | None:
