@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,37 @@ def require(tool: str) -> None:
 @pytest.fixture(scope="session")
 def debug_config() -> Path:
     return ROOT / "configs" / "debug.yaml"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator:
+    """A running one-node Slurm (tests/slurm/cluster.py); ``SLURM_CONF`` points at it for
+    the whole session. Its folder is readable by every user (the no-root test's plain
+    user runs srun too); its munge key stays root's.
+
+    Where Slurm cannot run (not root, no apt to install it) the tests that use it skip
+    with the reason, except in CI (``CI`` set), where they fail: CI must run them."""
+    from tests.slurm.cluster import OneNodeSlurm, Unavailable, ensure_installed
+
+    base = Path(tempfile.mkdtemp(prefix="lenshpc-slurm-"))
+    base.chmod(0o755)
+    try:
+        ensure_installed()
+        cluster = OneNodeSlurm(base)
+        cluster.start()
+    except Unavailable as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm tests cannot run in CI: {exc}")
+        pytest.skip(f"no Slurm: {exc}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env)  # child processes (sbatch, lenshpc) find this cluster
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
