@@ -53,19 +53,10 @@ def init_horovod(threads_per_rank: int | None, device: str = "auto",
     """hvd.init(); the device checked and pinned by local rank; CPU threads shared by the
     node's ranks. Returns (tf, hvd, this rank's device record, a problem or None)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if jit_compile is not False and device != "cpu":
-        # Horovod's allreduce inside an XLA-compiled step needs its XLA operations (GPU
-        # only), switched on before Horovod loads them.
-        os.environ.setdefault("HOROVOD_ENABLE_XLA_OPS", "1")
-    import horovod.tensorflow.keras as hvd
     import tensorflow as tf
 
     from lenshpc.train.device import choose_device
-    # Keras times the first steps' callbacks, which include Horovod's one-off broadcast,
-    # and then warns about "slow" callbacks; that warning would only mislead here.
-    tf.get_logger().addFilter(
-        lambda record: "is slow compared to the batch time" not in record.getMessage())
-    hvd.init()
+    # The device first (the list of GPUs needs no Horovod): it decides how Horovod loads.
     gpus = tf.config.list_physical_devices("GPU")
     built_cuda = bool(tf.test.is_built_with_cuda())
     try:
@@ -73,6 +64,18 @@ def init_horovod(threads_per_rank: int | None, device: str = "auto",
         problem = None
     except UserError as exc:
         kind, problem = "cpu", str(exc)
+    if kind == "gpu" and jit_compile is not False:
+        # Horovod's allreduce inside an XLA-compiled step needs its XLA operations (GPU
+        # only), switched on before Horovod loads them. Never on the CPU: there they
+        # slowed every step of the debug network by a fifth (docs/performance.md).
+        os.environ.setdefault("HOROVOD_ENABLE_XLA_OPS", "1")
+    import horovod.tensorflow.keras as hvd
+
+    # Keras times the first steps' callbacks, which include Horovod's one-off broadcast,
+    # and then warns about "slow" callbacks; that warning would only mislead here.
+    tf.get_logger().addFilter(
+        lambda record: "is slow compared to the batch time" not in record.getMessage())
+    hvd.init()
     memory = None
     if kind == "gpu":
         index = hvd.local_rank() % len(gpus)

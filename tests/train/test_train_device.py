@@ -148,3 +148,19 @@ def test_devices_summary_for_the_report():
     assert devices_summary([{"device": "cpu", "name": "CPU", "tf_built_with_cuda": False}]) == \
         "1 x CPU (TF without CUDA)"
     assert devices_summary([]) == "?"
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_horovod_xla_operations_stay_off_on_the_cpu(device):
+    """Horovod's XLA operations serve a GPU step only; loaded on the CPU they slowed every
+    step by about a fifth (docs/performance.md). Horovod reads the switch when it loads."""
+    import subprocess
+    code = ("import os; from lenshpc.train.edge import init_horovod; "
+            f"_, hvd, record, _ = init_horovod(1, {device!r}); "
+            "print(record['device'], os.environ.get('HOROVOD_ENABLE_XLA_OPS'))")
+    e = env()
+    e.pop("HOROVOD_ENABLE_XLA_OPS", None)
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=e)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu", "None"]
