@@ -29,7 +29,8 @@ from tests.train.train_util import dataset_checksum, train_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi, pytest.mark.horovod]
 
-USER = "lenshpc-plain"
+#: A user of this test run's own (two runs at once never share one).
+USER = f"lenshpc-{os.getpid()}"
 SCRIPT = Path(__file__).with_name("plain_user.sh")
 #: What every command runs in: the user's venv, quiet TensorFlow, the shared work folder.
 PROLOGUE = "source lenshpc/.venv/bin/activate && export TF_CPP_MIN_LOG_LEVEL=2 && cd work && "
@@ -85,7 +86,6 @@ def home(tmp_path_factory) -> Path:
         pytest.skip("needs root to create a plain user and a mount namespace")
     for tool in ("useradd", "userdel", "unshare", "setpriv", "dpkg", "git"):
         require(tool)
-    _remove_user()  # a leftover of a killed run
     home = Path(tempfile.mkdtemp(prefix="lenshpc-plain-", dir="/tmp"))
     home.chmod(0o755)
     try:
