@@ -18,10 +18,13 @@ packages=$({ for f in /usr/bin/mpicc /usr/bin/mpirun /usr/lib/*/libmpi.so.*; do
                [[ -e $f ]] && dpkg -S "$(readlink -f "$f")" 2>/dev/null | cut -d: -f1
              done; dpkg-query -W -f '${Package}\n' | grep -i openmpi; } | sort -u | paste -sd' ' -)
 
-exec unshare --mount --propagation private -- python3 - "$user" "$home" "$cmd" $packages <<'PY'
-import glob, os, pwd, stat, subprocess, sys, tempfile
+# The namespace's scratch tmpfs is mounted here; the empty folder is removed at the end.
+scratch=$(mktemp -d /dev/shm/plain-user.XXXXXX)
+trap 'rmdir "$scratch" 2>/dev/null || true' EXIT
+unshare --mount --propagation private -- python3 - "$user" "$home" "$scratch" "$cmd" $packages <<'PY'
+import glob, os, pwd, stat, subprocess, sys
 
-user, home, cmd, *packages = sys.argv[1:]
+user, home, scratch, cmd, *packages = sys.argv[1:]
 hide = set()
 for pkg in packages:
     out = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True).stdout
@@ -40,7 +43,6 @@ for top in ("/usr/bin", "/usr/lib", "/usr/include"):
                 hide.add(f)
         dirs[:] = [d for d in dirs if root.count("/") < 3]  # two levels deep is enough
 
-scratch = tempfile.mkdtemp(prefix="plain-user.", dir="/dev/shm")
 subprocess.run(["mount", "-t", "tmpfs", "plain-user", scratch], check=True)
 hidden_dirs = sorted(f for f in hide if os.path.isdir(f) and not os.path.islink(f))
 for f in sorted(hide):
