@@ -35,19 +35,18 @@ SCRIPT = Path(__file__).with_name("plain_user.sh")
 #: What every command runs in: the user's venv, quiet TensorFlow, the shared work folder.
 PROLOGUE = "source lenshpc/.venv/bin/activate && export TF_CPP_MIN_LOG_LEVEL=2 && cd work && "
 #: `--job 2`: model2, fold 0 of the tests' config (dropout on: its generators count too).
-TRAIN = "python -m lenshpc train --config train.yaml --data data --out {out} --job 2"
+ARGS = "--config train.yaml --data data --out {out} --job 2"
 LAUNCHERS = {
-    "mpirun": "mpirun -n 2 --bind-to none python -m mpi4py -m " + TRAIN[len("python -m "):],
-    "horovodrun-gloo": "horovodrun --gloo -np 2 -H localhost:2 " + TRAIN,
+    "mpirun": "mpirun -n 2 --bind-to none python -m mpi4py -m lenshpc train " + ARGS,
+    "horovodrun-gloo": "horovodrun --gloo -np 2 -H localhost:2 python -m lenshpc train " + ARGS,
     "horovodrun-mpi": 'horovodrun -np 2 -H localhost:2 --binding-args="--bind-to none '
-                      '--map-by slot" ' + TRAIN,
-    "bin-train": "NP=2 ../lenshpc/bin/train " + TRAIN[len("python -m lenshpc train "):],
-    "bin-train-horovodrun": "NP=2 LAUNCHER=horovodrun ../lenshpc/bin/train "
-                            + TRAIN[len("python -m lenshpc train "):],
+                      '--map-by slot" python -m lenshpc train ' + ARGS,
+    "bin-train": "NP=2 ../lenshpc/bin/train " + ARGS,
+    "bin-train-horovodrun": "NP=2 LAUNCHER=horovodrun ../lenshpc/bin/train " + ARGS,
     # the rendered scripts' launch (slurm.train.launcher: srun, srun_mpi: pmix), on the
     # tests' one-node Slurm. slurmd starts the ranks outside this namespace; they use
     # the venv's Open MPI 5 all the same (run.json says which).
-    "srun": "srun -n 2 --mpi=pmix python -m mpi4py -m " + TRAIN[len("python -m "):],
+    "srun": "srun -n 2 --mpi=pmix python -m mpi4py -m lenshpc train " + ARGS,
 }
 #: What run.json must say of each launch: (launcher variables seen, Horovod's controller).
 EXPECTED = {"mpirun": ("mpirun", "mpi"), "horovodrun-gloo": ("horovodrun", "gloo"),
