@@ -101,6 +101,22 @@ def cross_check(cfg: Config) -> str | None:
     if n_train < cfg.dataset.n_folds:
         return (f"dataset.n_folds: {cfg.dataset.n_folds} folds need at least that many "
                 f"non-test items, but dataset.n_images={cfg.dataset.n_images} leaves {n_train}")
+    folds = cfg.train.folds
+    if folds is not None:
+        if not folds:
+            return "train.folds: [] trains nothing; give at least one fold, or null for all"
+        bad = [k for k in folds if k >= cfg.dataset.n_folds]
+        if bad:
+            return (f"train.folds: fold {bad[0]} does not exist; dataset.n_folds "
+                    f"{cfg.dataset.n_folds} has folds 0..{cfg.dataset.n_folds - 1}")
+        if len(set(folds)) != len(folds):
+            return "train.folds: a fold appears twice"
+    for model in cfg.train.models:
+        network = cfg.train.for_model(model).network
+        if network.layers(cfg.image.size)[-1][-1] < 1:
+            return (f"train.network: the {network.architecture} network needs larger images "
+                    f"than image.size {cfg.image.size}" + (
+                        f" (model {model.name})" if model.overrides else ""))
     return None
 
 

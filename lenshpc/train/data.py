@@ -130,6 +130,47 @@ def read_items(path: str | Path | DatasetInfo, indices: np.ndarray, block_bytes:
 # --------------------------------------------------------------------------- order and batches
 
 
+def file_order(split: np.ndarray, fold: int) -> np.ndarray:
+    """The training items of ``fold`` as the authors' tf.data pipeline reads them: every
+    other fold in turn (0, 1, ... without ``fold``), each in file order."""
+    return np.concatenate([np.flatnonzero(split == k) for k in range(int(split.max()) + 1)
+                           if k != fold]).astype(np.int64)
+
+
+def buffer_shuffle(sequence: np.ndarray, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """``sequence`` through a shuffle buffer of ``buffer`` items, as ``tf.data``'s
+    ``shuffle`` does: the buffer is filled from the front; each output is a uniformly
+    chosen buffer item, whose place the next input item takes; at the end the buffer is
+    emptied in random order. An item moves forward by at most ``buffer - 1`` places."""
+    n = len(sequence)
+    out = np.empty(n, dtype=sequence.dtype)
+    buf = sequence[:buffer].tolist()
+    nxt = len(buf)
+    u = rng.random(n)
+    for i in range(n):
+        j = int(u[i] * len(buf))
+        out[i] = buf[j]
+        if nxt < n:
+            buf[j] = sequence[nxt]
+            nxt += 1
+        else:
+            buf[j] = buf[-1]
+            buf.pop()
+    return out
+
+
+def buffer_epoch_order(seed: int, fold: int, epoch: int, sequence: np.ndarray, buffer: int,
+                       items: np.ndarray) -> np.ndarray:
+    """Positions into the sorted ``items`` (this rank's share) in the order in which epoch
+    ``epoch`` (0-based) of ``train.shuffle: buffer`` visits them: the training items in
+    file order (:func:`file_order`) through a shuffle buffer drawn from (seed, fold,
+    epoch), never from the rank. With one rank this is the authors' order."""
+    rng = np.random.default_rng([seed, _ORDER_SALT, fold, epoch, 1])
+    visited = buffer_shuffle(sequence, buffer, rng)
+    mine = visited[np.isin(visited, items, assume_unique=True)]
+    return np.searchsorted(items, mine)
+
+
 def epoch_order(seed: int, fold: int, epoch: int, n_items: int, items: np.ndarray) -> np.ndarray:
     """Positions into ``items`` (global indices) in the order of epoch ``epoch`` (0-based).
 
@@ -148,11 +189,20 @@ class TrainBatches:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, items: np.ndarray, *,
                  n_use: int, batch_size: int, seed: int, fold: int, n_items: int,
-                 first_epoch: int = 0) -> None:
+                 first_epoch: int = 0, buffer: tuple[np.ndarray, int] | None = None) -> None:
         self.images, self.labels, self.items = images, labels, items
         self.n_use, self.batch_size = n_use, batch_size
         self.seed, self.fold, self.n_items = seed, fold, n_items
         self.first_epoch = first_epoch
+        #: ``(training items in file order, buffer size)`` for train.shuffle: buffer.
+        self.buffer = buffer
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Positions into this rank's arrays in the order of epoch ``epoch``."""
+        if self.buffer is None:
+            return epoch_order(self.seed, self.fold, epoch, self.n_items, self.items)
+        sequence, size = self.buffer
+        return buffer_epoch_order(self.seed, self.fold, epoch, sequence, size, self.items)
 
     @property
     def steps(self) -> int:
@@ -160,7 +210,7 @@ class TrainBatches:
 
     def epoch_positions(self, epoch: int) -> Iterator[np.ndarray]:
         """Positions into this rank's arrays of each batch of epoch ``epoch``."""
-        order = epoch_order(self.seed, self.fold, epoch, self.n_items, self.items)[:self.n_use]
+        order = self.order(epoch)[:self.n_use]
         for start in range(0, self.n_use, self.batch_size):
             yield np.sort(order[start:start + self.batch_size])
 

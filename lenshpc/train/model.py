@@ -1,5 +1,8 @@
 """The modified AlexNet of docs/method.md section 2 and its weighted loss.
 
+The layers come from :meth:`lenshpc.config.train.Network.layers` (the ``study`` network
+of the authors or lenshpc's ``legacy`` one), which also gives every output shape.
+
 The network body predicts standardised targets; its last layer, a fixed ``Rescaling``
 with scale = std and offset = mean of the training fold, maps them to physical units
 (theta_E in arcsec; q, e1, e2 dimensionless). The saved model therefore needs no side
@@ -19,10 +22,11 @@ from lenshpc.config.train import TARGETS, DropoutModel, Network
 layers = tf.keras.layers
 
 
-def _conv(x, filters: int, kernel: int, stride: int, network: Network, name: str):
+def _conv(x, filters: int, kernel: int, stride: int, network: Network, name: str,
+          padding: str = "same"):
     # BatchNorm's shift makes the conv bias redundant.
-    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not network.batch_norm,
-                 name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding,
+                      use_bias=not network.batch_norm, name=f"{name}_conv")(x)
     if network.batch_norm:
         x = layers.BatchNormalization(momentum=network.batch_norm_momentum, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -37,14 +41,17 @@ def build_model(network: Network, dropout: DropoutModel, image_size: int,
     statistics; they become the fixed output ``Rescaling`` layer. 'same' padding keeps
     every block valid for small debug images."""
     n = network
+    plan = n.layers(image_size)
+    if plan[-1][-1] < 1:
+        raise ValueError(f"{image_size}x{image_size} images are too small for the "
+                         f"{n.architecture} network")
     images = tf.keras.Input((image_size, image_size, 1), name="image")
-    x = _conv(images, n.conv1_filters, n.conv1_kernel, n.conv1_stride, n, "block1")
-    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block1_pool")(x)
-    x = _conv(x, n.conv2_filters, n.conv2_kernel, n.conv2_stride, n, "block2")
-    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block2_pool")(x)
-    for i in range(n.conv3_layers):
-        x = _conv(x, n.conv3_filters, n.conv3_kernel, 1, n, f"block3_{i + 1}")
-    x = layers.MaxPooling2D(n.pool_size, padding="same", name="block3_pool")(x)
+    x = images
+    for name, kind, filters, kernel, stride, padding, _ in plan:
+        if kind == "conv":
+            x = _conv(x, filters, kernel, stride, n, name, padding)
+        else:
+            x = layers.MaxPooling2D(kernel, strides=stride, padding=padding, name=name)(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(n.dense1, activation="relu", name="dense1")(x)
     x = layers.Dropout(dropout.p1, name="dropout1")(x)

@@ -9,6 +9,7 @@ the same on every rank. :func:`resume_key` is what a job folder is bound to.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from lenshpc.config import Config, UserError
 from lenshpc.config.schema import first_difference, to_plain
-from lenshpc.config.train import Job
+from lenshpc.config.train import ARCHITECTURE_DEFAULTS, Job, Network
 from lenshpc.lock import check_done, exclusive
 from lenshpc.parallel import launch_env
 from lenshpc.train import data
@@ -40,7 +41,7 @@ def resume_key(cfg: Config, job: Job, dataset_checksum: str) -> dict[str, Any]:
         "seed": cfg.seed,
         f"train.models[{job.model.name}]": {"p1": job.model.p1, "p2": job.model.p2},
         "fold": job.fold,
-        "train.network": to_plain(t.network),
+        "train.network": network_key(t.network),
         "train.loss_weights": list(t.loss_weights),
         "train.standardize_targets": t.standardize_targets,
         "train.batch_size": t.batch_size,
@@ -51,9 +52,22 @@ def resume_key(cfg: Config, job: Job, dataset_checksum: str) -> dict[str, Any]:
         "train.reduce_lr_patience": t.reduce_lr_patience,
         "train.min_lr": t.min_lr,
         "train.keep": t.keep,
+        "train.normalize": t.normalize,
+        "train.shuffle": t.shuffle if t.shuffle == "global" else f"buffer of {t.shuffle_buffer}",
         # In mixed precision the loss scale is part of the optimizer's state.
         "train.precision": t.precision,
     }
+
+
+def network_key(network: Network) -> dict[str, Any]:
+    """The network as the resume key records it: every layer-geometry value in force
+    (the architecture's where the config leaves it null)."""
+    out = to_plain(network)
+    for key in ARCHITECTURE_DEFAULTS[network.architecture]:
+        out[key] = network.geometry(key)
+    if network.architecture == "legacy" and out["pool_size"] is None:
+        out["pool_size"] = 2
+    return out
 
 
 @dataclass
@@ -88,6 +102,8 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
 
     Reads only small things (labels, split, attributes, the job's JSON files), so every
     rank can run it before any collective call and reach the same verdict."""
+    # A variant's own train settings (train.models[i] overrides) from here on.
+    cfg = dataclasses.replace(cfg, train=cfg.train.for_model(job.model))
     epochs = cfg.train.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {epochs}")
@@ -130,8 +146,14 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
     if plan.checkpoint is not None:
         state = plan.checkpoint.state
         started = dict(state.key)
-        # Job folders started before train.precision existed trained in float32.
+        # Job folders started before these keys existed trained with today's defaults.
         started.setdefault("train.precision", "float32")
+        started.setdefault("train.normalize", "max")
+        started.setdefault("train.shuffle", "global")
+        network = started.get("train.network")
+        if isinstance(network, dict) and "architecture" not in network:
+            # Written before the study network existed: the legacy one, every key a value.
+            started["train.network"] = {"architecture": "legacy", **network}
         diff = first_difference(started, key)
         if diff:
             raise UserError(f"{files.root} was started with other settings ({diff}); use "

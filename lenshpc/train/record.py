@@ -183,6 +183,8 @@ class Recorder:
             "finished": finished,
             "model": plan.job.model.name, "fold": plan.job.fold, "job": plan.job.index,
             "p1": plan.job.model.p1, "p2": plan.job.model.p2,
+            "overrides": dict(plan.job.model.overrides),
+            "train": t.effective(),
             "epochs": plan.epochs, "epochs_done": st.epochs_done,
             "early_stopped": st.early_stopped,
             "keep": t.keep,
@@ -190,8 +192,10 @@ class Recorder:
             "best_val_loss": best.get("val_loss"),
             "best_val_mae": best.get("val_mae"),
             "final": {k: last.get(k) for k in ("loss", "val_loss", "mae", "val_mae", "lr")},
-            "metrics_note": "loss: weighted MSE of standardised targets; mae: mean absolute "
-                            "error over theta_E (arcsec), q, e1, e2 in physical units",
+            "metrics_note": ("loss: weighted MSE of " + ("standardised" if t.standardize_targets
+                                                         else "physical") + " targets; mae: "
+                             "mean absolute error over theta_E (arcsec), q, e1, e2 in "
+                             "physical units"),
             "dataset": str(plan.dataset.path.parent.resolve()),
             "dataset_checksum": plan.dataset.checksum,
             "n_train": int(len(plan.train_items)), "n_val": int(len(plan.val_items)),

@@ -34,6 +34,7 @@ from lenshpc.parallel import EXIT_STOPPED
 from lenshpc.train import data
 from lenshpc.train.edge import StopRequest, init_horovod, memory_limit_bytes
 from lenshpc.train.plan import JobPlan, launcher_rank
+from lenshpc.train.preprocess import normalize
 from lenshpc.train.state import (
     JobFiles,
     TrainState,
@@ -82,24 +83,34 @@ def _inputs(plan: JobPlan, rank: int, size: int, local_size: int, device: dict[s
     n_sample = min(N_SAMPLE_PREDICTIONS, len(val_ids))
     gpu = "/gpu:0" if device["device"] == "gpu" else None
     val_steps = -(-len(val_ids) // t.batch_size)
+    if mode == "stream" and t.shuffle == "buffer":
+        raise UserError(f"train.shuffle: buffer needs the share in memory, but train.input "
+                        f"{t.input} streams it ({reason}); use train.shuffle: global or more "
+                        f"memory (train.memory_fraction)")
     if mode == "stream":
         batches: Any = stream.StreamBatches(
             plan.dataset, train_ids, n_use=n_use, batch_size=t.batch_size, seed=cfg.seed,
             fold=plan.job.fold, buffer=t.shuffle_buffer, shards_at_once=t.stream_shards,
-            first_epoch=first_epoch)
+            first_epoch=first_epoch, normalize=t.normalize)
         train = data.tf_dataset(batches, (h, w), t.prefetch_batches, gpu)
-        val = data.tf_dataset(stream.StreamEval(plan.dataset, val_ids, t.batch_size), (h, w),
+        val = data.tf_dataset(stream.StreamEval(plan.dataset, val_ids, t.batch_size,
+                                                normalize=t.normalize), (h, w),
                               t.prefetch_batches, n_batches=val_steps)
-        sample = data.read_items(plan.dataset, val_ids[:n_sample])[0]
+        sample = normalize(data.read_items(plan.dataset, val_ids[:n_sample])[0], t.normalize)
         return Inputs(train, val, batches.steps, mode, "prefetch" if gpu else "host", reason,
                       val_ids, sample)
     block = t.read_block_mb << 20
     x_train, y_train = data.read_items(plan.dataset, train_ids, block)
     x_val, y_val = data.read_items(plan.dataset, val_ids, block)
     _agree_finite(plan, x_train, x_val, size, tf, hvd_tf)
+    normalize(x_train, t.normalize, out=x_train)
+    normalize(x_val, t.normalize, out=x_val)
+    buffer = ((data.file_order(plan.dataset.split, plan.job.fold), t.shuffle_buffer)
+              if t.shuffle == "buffer" else None)
     batches = data.TrainBatches(x_train, y_train, train_ids, n_use=n_use,
                                 batch_size=t.batch_size, seed=cfg.seed, fold=plan.job.fold,
-                                n_items=plan.dataset.n_items, first_epoch=first_epoch)
+                                n_items=plan.dataset.n_items, first_epoch=first_epoch,
+                                buffer=buffer)
     placement = "host"
     if gpu:
         placement = place_share(x_train.nbytes + y_train.nbytes, device.get("memory_bytes"))

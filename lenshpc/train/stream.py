@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lenshpc.dataset.index import DatasetIndex, read_items
+from lenshpc.train import preprocess
 
 #: Salts of the stream's generators (apart from the memory mode's order and simulate's).
 _SHARD_SALT, _BUFFER_SALT = 0x7374_7273, 0x7374_6266  # "strs", "stbf"
@@ -109,14 +110,16 @@ class StreamBatches:
     def __init__(self, index: DatasetIndex, items: np.ndarray, *, n_use: int,
                  batch_size: int, seed: int, fold: int, buffer: int, shards_at_once: int,
                  block_items: int = BLOCK_ITEMS, first_epoch: int = 0,
-                 read: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 read: Callable[[np.ndarray], np.ndarray] | None = None,
+                 normalize: str = "max") -> None:
         self.index, self.items = index, np.asarray(items, dtype=np.int64)
         self.n_use, self.batch_size = n_use, batch_size
         self.seed, self.fold = seed, fold
         self.buffer, self.shards_at_once, self.block_items = buffer, shards_at_once, block_items
         self.first_epoch = first_epoch
         self.shard_of_item = index.shards.of(self.items)
-        self.read = read or (lambda ids: read_items(index, ids)[..., None])
+        self.read = read or (lambda ids: preprocess.normalize(read_items(index, ids)[..., None],
+                                                              normalize))
         self.labels = index.labels
 
     @property
@@ -162,8 +165,9 @@ class StreamEval:
     """This rank's validation items in file order, read block by block (one pass per call)."""
 
     def __init__(self, index: DatasetIndex, items: np.ndarray, batch_size: int,
-                 block_bytes: int = 64 << 20) -> None:
+                 block_bytes: int = 64 << 20, normalize: str = "max") -> None:
         self.index, self.items, self.batch_size = index, np.asarray(items, np.int64), batch_size
+        self.normalize = normalize
         h, w = index.image_shape
         per_read = max(1, block_bytes // (h * w * 4))
         self.per_read = max(batch_size, per_read - per_read % batch_size)
@@ -171,7 +175,7 @@ class StreamEval:
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for lo in range(0, len(self.items), self.per_read):
             ids = self.items[lo:lo + self.per_read]
-            images = read_items(self.index, ids)[..., None]
+            images = preprocess.normalize(read_items(self.index, ids)[..., None], self.normalize)
             labels = self.index.labels[ids].astype(np.float32)
             for b in range(0, len(ids), self.batch_size):
                 yield images[b:b + self.batch_size], labels[b:b + self.batch_size]
