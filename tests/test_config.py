@@ -26,7 +26,16 @@ def test_paper_config_is_the_study():
     assert [j.index for j in grid] == list(range(12))
     assert (grid[5].model.name, grid[5].fold) == ("model2", 1)
     assert cfg.train.loss_weights == (1.0, 1.0, 3.0, 3.0)
-    assert cfg.image.pixel_scale == 0.074
+    # The authors' grid: np.linspace(-3, 3, 100) pixel centres (generate_lenses.py).
+    assert cfg.image.size == 100
+    assert cfg.image.pixel_scale * (cfg.image.size - 1) == pytest.approx(6.0, abs=1e-8)
+    t = cfg.train
+    assert (t.network.architecture, t.normalize, t.shuffle, t.shuffle_buffer) == (
+        "study", "study", "buffer", 1000)
+    assert (t.batch_size, t.epochs, t.learning_rate) == (128, 50, 1e-3)
+    assert (t.reduce_lr_factor, t.reduce_lr_patience, t.min_lr) == (0.5, 3, 1e-8)
+    assert (t.early_stopping_patience, t.keep, t.standardize_targets) == (0, "last", False)
+    assert cfg.dataset.split == "ordered"
 
 
 @pytest.mark.parametrize("data, message", [
@@ -183,7 +192,7 @@ def test_first_difference_of_two_configs_names_the_dotted_key():
     a = load(ROOT / "configs" / "paper.yaml")
     b = loads({**to_plain(a), "train": {**to_plain(a.train), "epochs": 7}})
     assert first_difference(to_plain(a), to_plain(a)) is None
-    assert first_difference(to_plain(a), to_plain(b)) == "train.epochs: 100 -> 7"
+    assert first_difference(to_plain(a), to_plain(b)) == "train.epochs: 50 -> 7"
     long = first_difference({"k": "x" * 500}, {"k": "y"})
     assert long.startswith("k: 'xxx") and "(500 characters)" in long and len(long) < 120
 

@@ -69,16 +69,37 @@ class Config:
         return yaml.safe_dump(to_plain(self), sort_keys=False)
 
 
+#: Largest config file read (bytes): a study's config is a few kB; YAML takes about a
+#: minute to parse 50 MB, so a larger file is refused before parsing.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load(path: str | os.PathLike) -> Config:
-    """Read and validate a YAML config file; raise UserError on any problem."""
+    """Read and validate a YAML config file; raise UserError on any problem.
+
+    Refused in one line: a missing path, a directory, a file over MAX_CONFIG_BYTES, an
+    unreadable or non-text file, an empty file or one whose top level is not a mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--config {p} is a directory, not a config file")
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"config file {p} has {size:,} bytes, over the limit of "
+                            f"{MAX_CONFIG_BYTES:,} (1 MiB); a config is a few kB of YAML")
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} cannot be read: {exc}") from None
-    return loads(parse_yaml(text, source=str(p)), source=str(p))
+    data = parse_yaml(text, source=str(p))
+    if data is None or data == {}:
+        raise UserError(f"config file {p} has no keys: write at least `name:` (every other "
+                        f"key has a default, docs/config.md)")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p}: the top level is {type(data).__name__}, not a "
+                        f"mapping of keys (name:, image:, train:, ...)")
+    return loads(data, source=str(p))
 
 
 def loads(data: Any, source: str = "<config>") -> Config:

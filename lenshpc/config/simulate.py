@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from lenshpc.config.schema import UserError, _fmt, _text_hint, build, param
 
@@ -123,27 +123,36 @@ def _check_number(value: float, path: str) -> None:
 dist = Distribution.of
 
 
-def _support(low: float, high: float, unit: str = "") -> Callable[[Distribution], str | None]:
-    """A check that a distribution's values lie within (low, high] (low = 0: above 0)."""
-    text = f"({low:g}, {high:g}]" + (f" {unit}" if unit else "")
+class Support:
+    """The values a parameter may take, within (low, high] (low = 0: above 0).
 
-    def check(d: Distribution) -> str | None:
+    As a config ``check``, ``support(d)`` refuses a distribution whose support leaves the
+    interval; :meth:`outside` finds the values that leave it (catalogue values)."""
+
+    def __init__(self, low: float, high: float, unit: str = ""):
+        self.low, self.high, self.unit = low, high, unit
+        self.allowed = f"values within ({low:g}, {high:g}]" + (f" {unit}" if unit else "")
+
+    def __call__(self, d: Distribution) -> str | None:
         lo, hi = d.bounds
-        if lo > low and hi <= high:
+        if lo > self.low and hi <= self.high:
             return None
         give = "give low and high" if d.dist in ("normal", "lognormal") else "adjust it"
-        return f"must have its values within {text} ({give})"
+        return f"must have its {self.allowed} ({give})"
 
-    check.allowed = f"values within {text}"  # type: ignore[attr-defined]
-    return check
+    def outside(self, values: Any) -> Any:
+        """Boolean mask of the (finite) ``values`` outside (low, high]."""
+        import numpy as np
+        v = np.asarray(values, dtype=np.float64)
+        return ~((v > self.low) & (v <= self.high))
 
 
 #: Supports of the parameters with a physical range: beyond anything a lens survey sees,
 #: but finite, so no draw can overflow the renderer.
-_einstein_radius = _support(0, 100, "arcsec")
-_half_light_radius = _support(0, 100, "arcsec")
-_sersic_index = _support(0, 20)
-_axis_ratio = _support(0, 1)
+_einstein_radius = Support(0, 100, "arcsec")
+_half_light_radius = Support(0, 100, "arcsec")
+_sersic_index = Support(0, 20)
+_axis_ratio = Support(0, 1)
 
 
 # --------------------------------------------------------------------------- sections
@@ -228,6 +237,12 @@ class Dataset:
                                    doc="Items per shard file, instead of shard_mb and min_shards "
                                    "(kept for configs written before them; null: sized in "
                                    "bytes).")
+    split: Literal["random", "ordered"] = param(
+        "random", doc="How items are dealt into test set and folds. random: a permutation "
+        "seeded by seed (test set first, the rest round-robin into folds). ordered: the study's "
+        "scheme, in item (catalogue row) order: the first n_images - n_test items are the "
+        "cross-validation set, item i in fold i % n_folds; the last n_test items are the test "
+        "set.")
     compression: Literal["none", "gzip", "lzf", "zstd", "blosc"] = param(
         "none", doc="HDF5 compression of the images, with the byte-shuffle filter (gzip, lzf, "
         "zstd; blosc shuffles itself). gzip and lzf are read by any h5py; zstd and blosc need "
@@ -309,6 +324,106 @@ class SourceLight:
                                    unit="arcsec", doc="Offset from the lens centre, y (assumed).")
 
 
+#: The population's components, in draw order (``<component>.<parameter>`` names).
+COMPONENTS: dict[str, type] = {"lens_mass": LensMass, "lens_light": LensLight,
+                               "source_light": SourceLight}
+
+
+def parameter_fields() -> dict[str, Any]:
+    """``{<component>.<parameter>: dataclasses.Field}`` of every population parameter."""
+    import dataclasses
+    return {f"{c}.{f.name}": f for c, cls in COMPONENTS.items() for f in dataclasses.fields(cls)}
+
+
+def value_allowed(name: str) -> str:
+    """What a single value of parameter ``name`` may be (config and catalogue alike)."""
+    check = parameter_fields()[name].metadata.get("check")
+    if isinstance(check, Support):
+        return check.allowed
+    return f"a finite number of magnitude <= {PARAM_MAX:g}"
+
+
+def values_refused(name: str, values: Any) -> Any:
+    """Boolean mask of the float ``values`` that parameter ``name`` refuses: not finite,
+    magnitude above PARAM_MAX, or outside the parameter's support (its config check)."""
+    import numpy as np
+    v = np.asarray(values, dtype=np.float64)
+    check = parameter_fields()[name].metadata.get("check")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(v) | (np.abs(v) > PARAM_MAX)
+        return bad | check.outside(v) if isinstance(check, Support) else bad
+
+
+#: Catalogue column presets: ``{parameter: column name, or a number (the same for every
+#: row)}``. csst: the CSST forecast tables of Cao et al. (github.com/caoxiaoyue/sim_csst_lens,
+#: paper/catalog/*.csv), read as the study reads them: lens light with the lens' axis ratio,
+#: lens angle fixed at 10 deg, first source (``_s0``). Units and angle conventions are
+#: lenshpc's (arcsec; degrees counter-clockwise from +x to the major axis, as lenstronomy):
+#: no conversion (docs/dataset.md).
+CATALOGUE_PRESETS: dict[str, dict[str, str | float]] = {
+    "csst": {"lens_mass.theta_E": "thetaE_s0", "lens_mass.q": "q_l", "lens_mass.phi": 10.0,
+             "lens_light.R_sersic": "re_l", "lens_light.q": "q_l", "lens_light.phi": 10.0,
+             "source_light.R_sersic": "re_s0", "source_light.q": "q_s0",
+             "source_light.phi": "pa_s0", "source_light.center_x": "x_s0",
+             "source_light.center_y": "y_s0"},
+}
+
+
+@dataclass(frozen=True)
+class CatalogueColumns:
+    """Which catalogue column each parameter takes: a preset name, or
+    ``{<component>.<parameter>: column name or a number}``."""
+
+    preset: str | None
+    columns: tuple[tuple[str, str | float], ...]
+
+    @property
+    def mapping(self) -> dict[str, str | float]:
+        return dict(self.columns)
+
+    @classmethod
+    def from_yaml(cls, value: Any, path: str) -> "CatalogueColumns":
+        if isinstance(value, str):
+            if value not in CATALOGUE_PRESETS:
+                raise UserError(f"config {path}: {_fmt(value)} is not a preset; expected one of "
+                                f"{', '.join(CATALOGUE_PRESETS)}, or a mapping of parameter "
+                                f"names to column names")
+            return cls(value, tuple(CATALOGUE_PRESETS[value].items()))
+        if not isinstance(value, dict) or not value:
+            raise UserError(f"config {path}: {_fmt(value)} is not a preset name or a non-empty "
+                            f"mapping of parameter names to column names")
+        fields = parameter_fields()
+        columns: list[tuple[str, str | float]] = []
+        for key, column in value.items():
+            sub = f"{path}.{key}"
+            if key not in fields:
+                raise UserError(f"config {sub}: not a population parameter; allowed: "
+                                f"{', '.join(fields)}")
+            if isinstance(column, str):
+                if not column.strip():
+                    raise UserError(f"config {sub}: an empty column name")
+                columns.append((key, column.strip()))
+                continue
+            if isinstance(column, bool) or not isinstance(column, (int, float)):
+                raise UserError(f"config {sub}: {_fmt(column)} is not a column name or a number")
+            if values_refused(key, [column])[0]:
+                raise UserError(f"config {sub}: {_fmt(column)} is out of range; allowed: "
+                                f"{value_allowed(key)}")
+            columns.append((key, float(column)))
+        return cls(None, tuple(columns))
+
+    def to_yaml(self) -> Any:
+        return self.preset if self.preset is not None else dict(self.columns)
+
+
+def _columns_doc(_: Any) -> None:
+    return None
+
+
+_columns_doc.allowed = (f"a preset ({', '.join(CATALOGUE_PRESETS)}), or {{parameter: column "  # type: ignore[attr-defined]
+                        f"name or number}}")
+
+
 @dataclass(frozen=True)
 class Population:
     """Where lens-system parameters come from: named distributions, or a catalogue."""
@@ -316,6 +431,20 @@ class Population:
     kind: Literal["parametric", "catalogue"] = param("parametric", doc="Parameter source.")
     catalogue: str | None = param(None, doc="CSV or HDF5 table of per-system parameters "
                                   "(kind: catalogue); path relative to the working directory.")
+    catalogue_columns: CatalogueColumns | None = param(
+        None, check=_columns_doc,
+        doc="Which catalogue column each parameter takes (kind: catalogue). null: columns "
+        "named like the parameters (lens_mass.theta_E, ...), every column one of them. csst: "
+        "Cao et al.'s CSST forecast tables as the study reads them (thetaE_s0, q_l, re_l, "
+        "q_s0, re_s0, pa_s0, x_s0, y_s0; lens angle 10 deg; no unit conversion). A mapping "
+        "{lens_mass.theta_E: COLUMN, lens_mass.phi: 10, ...}: a number is that value for "
+        "every row; other columns of the file are ignored. Parameters not mapped come from "
+        "their distributions. Every value must be allowed by the parameter's key "
+        "(docs/dataset.md).")
+    lens_light_shape: Literal["own", "mass"] = param(
+        "own", doc="Shape of the lens light. own: its q and phi come from population."
+        "lens_light; mass: the lens light takes the lens mass' q and phi, item by item (the "
+        "authors' generate_lenses.py).")
     lens_mass: LensMass = param(default_factory=LensMass, doc="SIE lens mass.")
     lens_light: LensLight = param(default_factory=LensLight, doc="Lens light.")
     source_light: SourceLight = param(default_factory=SourceLight, doc="Source light.")
@@ -323,7 +452,10 @@ class Population:
     def validate(self, path: str) -> None:
         if self.kind == "catalogue" and not self.catalogue:
             raise UserError(f"config {path}.catalogue: required when {path}.kind is 'catalogue'")
+        if self.kind != "catalogue" and self.catalogue_columns is not None:
+            raise UserError(f"config {path}.catalogue_columns: given, but {path}.kind is "
+                            f"{self.kind!r} (set it to 'catalogue', or remove the key)")
 
 
-__all__ = ["Dataset", "Distribution", "Image", "LensLight", "LensMass", "Population",
+__all__ = ["CatalogueColumns", "Dataset", "Distribution", "Image", "LensLight", "LensMass", "Population",
            "SourceLight", "build"]

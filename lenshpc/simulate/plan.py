@@ -68,8 +68,16 @@ def canonical_part(part: dict[str, Any]) -> dict[str, Any]:
         part["image"] = {k: v for k, v in image.items()
                          if k not in ("supersampling_mode", "adaptive_threshold")}
     dataset = part.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("split", "random") == "random":
+        dataset = part["dataset"] = {k: v for k, v in dataset.items() if k != "split"}
     if isinstance(dataset, dict) and dataset.get("shard_size") is not None:
         part["dataset"] = {k: v for k, v in dataset.items() if k not in ("shard_mb", "min_shards")}
+    population = part.get("population")
+    if isinstance(population, dict) and population.get("catalogue_columns", None) is None:
+        part["population"] = population = {k: v for k, v in population.items()
+                                           if k != "catalogue_columns"}
+    if isinstance(population, dict) and population.get("lens_light_shape", "own") == "own":
+        part["population"] = {k: v for k, v in population.items() if k != "lens_light_shape"}
     return part
 
 

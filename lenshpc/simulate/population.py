@@ -20,7 +20,14 @@ import math
 import numpy as np
 from scipy import special
 
-from lenshpc.config.simulate import Distribution, Population
+from lenshpc.config import UserError
+from lenshpc.config.simulate import (
+    Distribution,
+    Population,
+    parameter_fields,
+    value_allowed,
+    values_refused,
+)
 from lenshpc.simulate.render import TRUTH_NAMES
 
 #: Label columns (the network's targets), in order.
@@ -30,6 +37,9 @@ LABEL_NAMES: tuple[str, ...] = ("theta_E", "q", "e1", "e2")
 POPULATION_STREAM, NOISE_STREAM = 0, 1
 
 COMPONENTS = ("lens_mass", "lens_light", "source_light")
+
+#: Every population parameter's name, ``<component>.<parameter>``.
+ALLOWED_NAMES = frozenset(parameter_fields())
 
 
 def parameter_names(population: Population) -> tuple[str, ...]:
@@ -140,20 +150,53 @@ def sample(population: Population, seed: int, indices: np.ndarray | range,
         idx = np.asarray(list(indices), dtype=np.int64)
         for name, column in catalogue.items():
             values[name] = np.asarray(column, dtype=np.float64)[idx]
+            refuse_values(name, values[name], idx)
+    if population.lens_light_shape == "mass":
+        values["lens_light.q"] = values["lens_mass.q"]
+        values["lens_light.phi"] = values["lens_mass.phi"]
     return systems(values)
+
+
+def refuse_values(name: str, values: np.ndarray, indices: np.ndarray) -> None:
+    """UserError if a catalogue value of ``name`` (items ``indices``) is one the config key
+    ``name`` would refuse: checked again before anything is rendered, so no dataset holds
+    one (:func:`lenshpc.simulate.catalogue.read_catalogue` refuses it first, naming the row)."""
+    if name not in ALLOWED_NAMES:
+        raise UserError(f"catalogue: {name!r} is not a population parameter")
+    bad = np.flatnonzero(values_refused(name, values))
+    if bad.size:
+        i = int(bad[0])
+        raise UserError(f"catalogue value of item {int(indices[i])}, {name}: {values[i]!r} is "
+                        f"out of range; allowed: {value_allowed(name)}")
 
 
 # --------------------------------------------------------------------------- split
 
 
-def split(seed: int, n_images: int, n_test: int, n_folds: int) -> np.ndarray:
+#: Split schemes (``dataset.split``).
+SPLITS = ("random", "ordered")
+
+
+def split(seed: int, n_images: int, n_test: int, n_folds: int,
+          scheme: str = "random") -> np.ndarray:
     """Fold of every item: (N,) int8, -1 for the held-out test set, else 0..n_folds-1.
 
-    Depends only on (seed, N, n_test, n_folds): a dedicated generator permutes the items;
-    the first ``n_test`` of the permutation are the test set, the rest are dealt
-    round-robin into folds (sizes differ by at most one, equal when divisible)."""
-    order = np.random.default_rng([seed, 2**32 - 1]).permutation(n_images)
+    random (default): depends only on (seed, N, n_test, n_folds): a dedicated generator
+    permutes the items; the first ``n_test`` of the permutation are the test set, the rest
+    are dealt round-robin into folds (sizes differ by at most one, equal when divisible).
+
+    ordered (the study's scheme, independent of the seed): items 0 .. N - n_test - 1 (file
+    or catalogue order) are the cross-validation set, item i in fold ``i % n_folds`` (as
+    ``tf.data.Dataset.shard(n_folds, k)`` deals them); the last ``n_test`` items are the
+    test set."""
     folds = np.empty(n_images, dtype=np.int8)
+    if scheme == "ordered":
+        folds[:n_images - n_test] = np.arange(n_images - n_test) % n_folds
+        folds[n_images - n_test:] = -1
+        return folds
+    if scheme != "random":
+        raise ValueError(f"unknown split scheme {scheme!r}")  # config validation prevents this
+    order = np.random.default_rng([seed, 2**32 - 1]).permutation(n_images)
     folds[order[:n_test]] = -1
     folds[order[n_test:]] = np.arange(n_images - n_test) % n_folds
     return folds

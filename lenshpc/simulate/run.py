@@ -255,7 +255,7 @@ def write_dataset_index(out: Path, cfg: Config, fp: str | None = None) -> str:
     import lenstronomy
     ranges = shard_ranges(cfg)
     d = cfg.dataset
-    split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds)
+    split = pop.split(cfg.seed, d.n_images, d.n_test, d.n_folds, d.split)
     attrs = {"image_size": cfg.image.size, "pixel_scale": cfg.image.pixel_scale,
              "supersampling_factor": cfg.image.supersampling,
              "supersampling_mode": cfg.image.supersampling_mode, "seed": cfg.seed,

@@ -70,6 +70,20 @@ def network_key(network: Network) -> dict[str, Any]:
     return out
 
 
+def _with_later_keys(started: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's resume key with the keys added since at the values it trained with:
+    job folders started before them trained with today's defaults."""
+    started = dict(started)
+    started.setdefault("train.precision", "float32")
+    started.setdefault("train.normalize", "max")
+    started.setdefault("train.shuffle", "global")
+    network = started.get("train.network")
+    if isinstance(network, dict) and "architecture" not in network:
+        # Written before the study network existed: the legacy one, every key a value.
+        started["train.network"] = {"architecture": "legacy", **network}
+    return started
+
+
 @dataclass
 class JobPlan:
     """A checked job: what to train on, where, for how long, and from which state."""
@@ -145,16 +159,7 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
                         f"{files.root} to start the job again")
     if plan.checkpoint is not None:
         state = plan.checkpoint.state
-        started = dict(state.key)
-        # Job folders started before these keys existed trained with today's defaults.
-        started.setdefault("train.precision", "float32")
-        started.setdefault("train.normalize", "max")
-        started.setdefault("train.shuffle", "global")
-        network = started.get("train.network")
-        if isinstance(network, dict) and "architecture" not in network:
-            # Written before the study network existed: the legacy one, every key a value.
-            started["train.network"] = {"architecture": "legacy", **network}
-        diff = first_difference(started, key)
+        diff = first_difference(_with_later_keys(state.key), key)
         if diff:
             raise UserError(f"{files.root} was started with other settings ({diff}); use "
                             f"another --out or remove that directory")

@@ -83,7 +83,8 @@ def test_default_population_reproduces_the_study_sample():
     lens_x = truth[:, names.index("lens_mass.center_x")]
     np.testing.assert_array_equal(truth[:, names.index("lens_light.center_x")], lens_x)
     offset = truth[:, names.index("source_light.center_x")] - lens_x
-    assert np.abs(offset).max() <= 0.4
+    low, high = cfg.population.source_light.center_x.bounds
+    assert low <= offset.min() and offset.max() <= high
 
 
 #: The study's Figure 3 ranges of the labels (METHOD.md section 1).
@@ -101,8 +102,9 @@ def test_paper_population_covers_the_study_ranges():
         tol = 0.02 * (high - low)
         assert low - 1e-6 <= x.min() <= low + tol, (name, x.min())
         assert high - tol <= x.max() <= high + 1e-6, (name, x.max())
-        # not reached by a lone outlier: dozens of systems lie in each 2% end bin
-        assert np.sum(x <= low + tol) >= 10 and np.sum(x >= high - tol) >= 10, name
+        # not reached by a lone outlier: several systems lie in each 2% end bin (the CSST
+        # forecast's lens q puts about 8 of 76,396 at q <= 0.207, the top bin of e1)
+        assert np.sum(x <= low + tol) >= 5 and np.sum(x >= high - tol) >= 5, name
     theta_E, q, e1, e2 = labels.T
     assert stats.skew(theta_E) > 1 and np.mean(theta_E < 1.5) > 0.8
     assert stats.skew(q) < 0 and np.median(q) > 0.7 and np.mean(q > 0.6) > 0.75
@@ -144,6 +146,28 @@ def test_n_images_override_keeps_proportions_and_split_depends_on_seed_and_n_onl
     np.testing.assert_array_equal(a, pop.split(cfg.seed, 7640, 640, 4))
     assert [int(np.sum(a == k)) for k in range(4)] == [1750] * 4
     assert not np.array_equal(a, pop.split(cfg.seed + 1, 7640, 640, 4))
+
+
+def test_ordered_split_is_the_studys():
+    """The first n_images - n_test items in row order are the cross-validation set, item i
+    in fold i % n_folds (tf.data's shard(n_folds, k)); the last n_test are the test set."""
+    folds = pop.split(1, 76396, 6396, 4, "ordered")
+    assert folds.dtype == np.int8 and folds.shape == (76396,)
+    assert np.all(folds[70000:] == -1) and np.all(folds[:70000] >= 0)
+    np.testing.assert_array_equal(folds[:70000], np.arange(70000) % 4)
+    assert [int(np.sum(folds == k)) for k in range(4)] == [17500] * 4
+    # independent of the seed; uneven folds differ by one at most
+    np.testing.assert_array_equal(folds, pop.split(2, 76396, 6396, 4, "ordered"))
+    np.testing.assert_array_equal(pop.split(0, 10, 3, 3, "ordered"), [0, 1, 2, 0, 1, 2, 0, -1, -1, -1])
+    np.testing.assert_array_equal(pop.split(0, 4, 0, 2, "ordered"), [0, 1, 0, 1])
+
+
+def test_split_scheme_is_a_config_key_random_by_default():
+    assert loads(None).dataset.split == "random"
+    assert loads({"dataset": {"split": "ordered"}}).dataset.split == "ordered"
+    with pytest.raises(UserError, match="config dataset.split: 'sorted' is not allowed"):
+        loads({"dataset": {"split": "sorted"}})
+    np.testing.assert_array_equal(pop.split(5, 100, 10, 4), pop.split(5, 100, 10, 4, "random"))
 
 
 def test_more_folds_than_items_is_refused():
