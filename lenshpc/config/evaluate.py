@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from lenshpc.config.schema import param
 
@@ -41,6 +42,16 @@ class Evaluate:
                                  "metrics.csv and Table 1 (n_below_floor), and an error that "
                                  "does not divide by the truth (|d| / std of the test set) is "
                                  "reported beside them.")
+    psnr: Literal["both", "study", "max1"] = param(
+        "both", doc="PSNR shown in Table 1 and the figures. study: the authors' (each image "
+        "clipped to its own 1st-99th percentiles and scaled to [0, 1], then 10 log10(1 / "
+        "MSE)), the one to compare with the paper; max1: 10 log10(1 / MSE) of the images "
+        "as stored (maximum 1); both: the study's first and max1 beside it. psnr.csv and "
+        "predictions.h5 always hold both.")
+    ssim_ring_width: float = param(0.2, gt=0, le=100, unit="arcsec",
+                                   doc="Half-width of the ring around the true theta_E "
+                                   "in which ssim_ring compares the images (the authors' "
+                                   "0.2).")
     figures: bool = param(True, doc="Draw the figures (false: tables and report.md only, e.g. "
                           "for a quick re-evaluation).")
     n_examples: int = param(8, ge=1, le=100, doc="Example images shown in the report.")

@@ -174,11 +174,21 @@ def fig_training_curves(histories: Mapping[str, Sequence[Mapping[str, np.ndarray
 # --------------------------------------------------------------------------- 4, 5: image space
 
 
-def fig_psnr_distributions(psnr: Mapping[str, np.ndarray]) -> Figure:
-    """PSNR histograms per model (all folds' test images), medians marked. Infinite
-    values (perfect re-renders) are counted in the legend, not drawn."""
-    fig = _figure(7.5, 3.8)
-    ax = fig.add_subplot()
+def fig_psnr_distributions(panels: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """PSNR histograms per model (all folds' test images), medians marked; one panel per
+    PSNR definition (``panels[definition][model]``, the definition titling its panel).
+    Infinite values (perfect re-renders) are counted in the legend, not drawn."""
+    fig = _figure(7.5, 3.4 * len(panels) + 0.4)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (definition, psnr) in zip(axes, panels.items(), strict=True):
+        _psnr_panel(ax, psnr)
+        ax.set_xlabel("PSNR [dB]")
+        ax.set_title(f"PSNR: {definition}", fontsize=8)
+    fig.suptitle("PSNR of the re-rendered test images")
+    return fig
+
+
+def _psnr_panel(ax, psnr: Mapping[str, np.ndarray]) -> None:
     finite_all = np.concatenate([p[np.isfinite(p)] for p in psnr.values()] or [np.zeros(0)])
     if finite_all.size:
         lo, hi = np.floor(finite_all.min()), np.ceil(finite_all.max())
@@ -199,12 +209,9 @@ def fig_psnr_distributions(psnr: Mapping[str, np.ndarray]) -> Figure:
             ax.axvline(med, color=color, ls="--", lw=1.2, label=f"{model} median {med:.1f} dB")
         elif valid.size:
             ax.plot([], [], " ", label=f"{model} median inf dB{extra}")
-    ax.set_xlabel("PSNR [dB]  (MAX = 1)")
     ax.set_ylabel("test images per bin")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    ax.set_title("PSNR of the re-rendered test images")
-    return fig
 
 
 def fig_triptych(true_image: np.ndarray, predicted: Mapping[str, np.ndarray],

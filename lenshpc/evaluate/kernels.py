@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import metrics
+from lenshpc.evaluate import image_metrics, metrics
 
 #: Truth columns replaced by the predictions before re-rendering (q enters through e1, e2).
 RENDERED = {"theta_E": "lens_mass.theta_E", "e1": "lens_mass.e1", "e2": "lens_mass.e2"}
@@ -51,16 +51,21 @@ def renderable(theta_E: float, e1: float, e2: float, theta_E_min: float,
 
 
 def rerender(renderer, truth_names: Sequence[str], truth_row: np.ndarray, pred_row: np.ndarray,
-             theta_E_min: float, max_ellipticity: float) -> tuple[np.ndarray | None, bool]:
+             theta_E_min: float, max_ellipticity: float, lens_light_follows_mass: bool = False
+             ) -> tuple[np.ndarray | None, bool]:
     """The (H, W) image (maximum 1) of one system with its predicted ``theta_E, e1, e2``
     (``pred_row`` = theta_E, q, e1, e2), everything else from ``truth_row``; None if the
-    renderer finds non-finite pixels. Also returns whether the prediction was clamped."""
+    renderer finds non-finite pixels. Also returns whether the prediction was clamped.
+    ``lens_light_follows_mass`` (a population with ``lens_light_shape: mass``): the lens
+    light takes the predicted e1, e2 too, as the mass' shape is what it was drawn from."""
     names = list(truth_names)
     theta_E, e1, e2, clamped = renderable(float(pred_row[0]), float(pred_row[2]),
                                           float(pred_row[3]), theta_E_min, max_ellipticity)
     row = np.array(truth_row, dtype=np.float64)
     for col, value in zip(RENDERED.values(), (theta_E, e1, e2), strict=True):
         row[names.index(col)] = value
+    if lens_light_follows_mass:
+        row[names.index("lens_light.e1")], row[names.index("lens_light.e2")] = e1, e2
     try:
         return renderer.render_truth(names, row), clamped
     except FloatingPointError:
@@ -76,28 +81,53 @@ def reference_images(renderer, truth_names, truth_rows: np.ndarray, stored: np.n
     return np.stack([renderer.render_truth(truth_names, row) for row in truth_rows])
 
 
+def _lens(truth_names, row) -> tuple[float, tuple[float, float]]:
+    """True theta_E (arcsec) and lens mass centre (x, y, arcsec; 0 if not in the truth)."""
+    names = list(truth_names)
+
+    def col(name: str) -> float:
+        return float(row[names.index(name)]) if name in names else 0.0
+    return col("lens_mass.theta_E"), (col("lens_mass.center_x"), col("lens_mass.center_y"))
+
+
 def score_chunk(renderer, truth_names, truth_rows: np.ndarray, pred: np.ndarray,
                 true_images: np.ndarray, theta_E_min: float,
-                max_ellipticity: float) -> dict[str, Any]:
+                max_ellipticity: float, *, pixel_scale: float | None = None,
+                ring_width: float = image_metrics.RING_WIDTH,
+                lens_light_follows_mass: bool = False) -> dict[str, Any]:
     """Re-render every system of a chunk from ``pred`` (n, 4) and score it against
-    ``true_images`` (n, H, W): ``mse`` (n,), ``psnr`` (n,, dB, inf when exact, nan when
-    the re-render failed) and ``clamped`` (n,) bool."""
+    ``true_images`` (n, H, W): ``mse`` (n,) and ``psnr`` (n,, dB, MAX = 1, inf when
+    exact), the study's ``psnr_study`` (dB), ``ssim`` and ``ssim_ring`` (in a ring of
+    half-width ``ring_width`` arcsec around the true theta_E; ``pixel_scale`` in
+    arcsec/pixel, default the renderer's), all nan when the re-render failed, and
+    ``clamped`` (n,) bool."""
     n = len(pred)
+    scale = float(renderer.image.pixel_scale if pixel_scale is None else pixel_scale)
     mse = np.empty(n, dtype=np.float64)
+    study = np.full((n, 3), np.nan)
     clamped = np.zeros(n, dtype=bool)
     for i in range(n):
         img, clamped[i] = rerender(renderer, truth_names, truth_rows[i], pred[i],
-                                   theta_E_min, max_ellipticity)
+                                   theta_E_min, max_ellipticity, lens_light_follows_mass)
         mse[i] = math.nan if img is None else metrics.image_mse(true_images[i], img)
-    return {"mse": mse, "psnr": metrics.psnr(mse), "clamped": clamped}
+        if img is not None:
+            theta_E, center = _lens(truth_names, truth_rows[i])
+            study[i] = image_metrics.image_scores(true_images[i], img, theta_E, scale,
+                                                  ring_width, center)
+    return {"mse": mse, "psnr": metrics.psnr(mse), "psnr_study": study[:, 0],
+            "ssim": study[:, 1], "ssim_ring": study[:, 2], "clamped": clamped}
 
 
 def settings_text(*, mc_samples: int, theta_E_min: float, max_ellipticity: float, noise: bool,
-                  seed: int, chunk_size: int, batch_size: int) -> str:
+                  seed: int, chunk_size: int, batch_size: int,
+                  ssim_ring_width: float = image_metrics.RING_WIDTH) -> str:
     """What besides the model file and the dataset decides a job's results (JSON text):
     part of the key under which predictions.h5 caches them."""
     s: dict[str, Any] = {"mc_samples": mc_samples, "theta_E_min": theta_E_min,
                          "max_ellipticity": max_ellipticity,
+                         "image_scores": {"psnr_study_percentiles": list(image_metrics.PERCENTILES),
+                                          "ssim": "tf.image.ssim 11x11 sigma 1.5",
+                                          "ssim_ring_width": ssim_ring_width},
                          "true_image": ("noise-free render of the truth" if noise
                                         else "stored image")}
     if mc_samples:   # MC masks are seeded per chunk and batch

@@ -1,8 +1,10 @@
 """Predictions of a trained model: deterministic, and MC dropout with fixed seeds.
 
 The only TensorFlow-dependent module of the evaluate stage (imported when there is
-something to predict). A model maps ``(N, H, W, 1)`` float32 images (maximum 1) to
-``(N, 4)`` physical ``theta_E`` (arcsec), ``q``, ``e1``, ``e2``.
+something to predict). A model maps ``(N, H, W, 1)`` float32 images, each normalised as
+in training (:func:`lenshpc.train.preprocess.normalize` with the job's
+``train.normalize``, applied here to every batch), to ``(N, 4)`` physical ``theta_E``
+(arcsec), ``q``, ``e1``, ``e2``.
 
 Rank invariance: a chunk of test items is always cut into the same batches
 (``batch_size`` from the chunk's first item), so an item's prediction does not depend
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lenshpc.config import UserError
+from lenshpc.train.preprocess import normalize as normalize_images
 
 
 def configure_threads(threads: int) -> None:
@@ -77,12 +80,16 @@ class Predictor:
     Dropout layers are replaced by a seeded dropout that is always active; every other
     layer is the trained layer itself (shared weights) called in inference mode, so batch
     normalisation uses its moving statistics (in training mode it would use each batch's
-    own statistics, making predictions depend on the batch, and update the averages)."""
+    own statistics, making predictions depend on the batch, and update the averages).
 
-    def __init__(self, model, mc: bool = False):
+    ``normalize``: the kind of :func:`lenshpc.train.preprocess.normalize` the model was
+    trained with ('max': the stored images, which have a maximum of 1, as they are)."""
+
+    def __init__(self, model, mc: bool = False, normalize: str = "max"):
         import tensorflow as tf
 
         self.model = model
+        self.normalize = normalize
         self.has_dropout = any(r > 0 for r in dropout_rates(model))
         self._infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self._mc = None
@@ -114,12 +121,15 @@ class Predictor:
         mc_model = tf.keras.models.clone_model(model, clone_function=clone)
         self._mc = tf.function(lambda x: mc_model(x, training=False), reduce_retracing=True)
 
+    def _input(self, images: np.ndarray) -> np.ndarray:
+        """(n, H, W, 1) float32 network input of stored images (n, H, W)."""
+        return normalize_images(np.asarray(images, dtype=np.float32), self.normalize)[..., None]
+
     def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """``(N, 4)`` float64 predictions of ``images`` ``(N, H, W)``, inference mode."""
         out = np.empty((len(images), 4), dtype=np.float64)
         for start, stop in _batches(len(images), batch_size):
-            x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
-            out[start:stop] = self._infer(x).numpy()
+            out[start:stop] = self._infer(self._input(images[start:stop])).numpy()
         return out
 
     def predict_mc(self, images: np.ndarray, batch_size: int, samples: int,
@@ -135,6 +145,5 @@ class Predictor:
             for b, (start, stop) in enumerate(_batches(len(images), batch_size)):
                 state = np.random.SeedSequence([*seed, s, b]).generate_state(2)
                 self._seed.assign(state.astype(np.int64))
-                x = np.asarray(images[start:stop], dtype=np.float32)[..., None]
-                passes[s, start:stop] = self._mc(x).numpy()
+                passes[s, start:stop] = self._mc(self._input(images[start:stop])).numpy()
         return passes.mean(axis=0), passes.std(axis=0, ddof=1)

@@ -11,22 +11,21 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
 from lenshpc import __version__
-from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import figures, metrics, store
+from lenshpc.evaluate import metrics, store
+from lenshpc.evaluate.report_figures import make_figures
 from lenshpc.evaluate.tables import (
     COVERAGE_COLUMNS,
     METRICS_CSV_COLUMNS,
     PSNR_COLUMNS,
     coverage_rows,
     csv_text,
+    describe_overrides,
     fmt_number,
     fmt_pm,
-    group_by_model,
     job_metrics_rows,
     job_summary,
     md_table,
@@ -42,26 +41,6 @@ from lenshpc.train.record import devices_summary
 from lenshpc.train.state import JobFiles, read_history
 
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
-
-
-def _pooled(preds: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, np.ndarray]:
-    out = {}
-    for model, keys in group_by_model(preds).items():
-        out[model] = np.concatenate([preds[k][name] for k in keys])
-    return out
-
-
-def typical_system(entry: Mapping[str, Any]) -> int:
-    """Position (in the test set) of the system whose PSNR is closest to the median."""
-    p = np.asarray(entry["psnr"], dtype=np.float64)
-    valid = np.flatnonzero(~np.isnan(p))
-    if valid.size == 0:
-        return 0
-    order = valid[np.argsort(p[valid], kind="stable")]
-    return int(order[len(order) // 2])
-
-
-# --------------------------------------------------------------------------- the report
 
 
 def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skipped,
@@ -88,12 +67,13 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     directories = {j.key: j.directory for j in jobs}
     summaries = {k: job_summary(preds[k], read_history(JobFiles(directories[k]).history), floor)
                  for k in keys}
-    t1 = table1_rows(summaries)
+    t1 = table1_rows(summaries, variant_overrides(cfg, keys))
+    psnr = cfg.evaluate.psnr
     caption = (f"{cfg.name}: Table 1, mean +- standard deviation over folds "
                f"({len(ds.test_index)} test systems).")
     write("table1.csv", table1_csv(t1))
-    write("table1.md", table1_markdown(t1))
-    write("table1.tex", table1_latex(t1, caption))
+    write("table1.md", table1_markdown(t1, psnr))
+    write("table1.tex", table1_latex(t1, caption, psnr))
 
     mc = bool(mc_samples) and all("pred_std" in preds[k] for k in keys)
     cov_rows = [r for k in keys for r in coverage_rows(k, preds[k])] if mc else []
@@ -117,113 +97,12 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     write("report.md", text)
     return written
 
-
-def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, cfg,
-                 mc: bool) -> list[tuple[str, str]]:
-    """Write every figure; returns (file stem, caption) in report order. Images are read
-    through the shards (lenshpc.dataset.index.read_items), never through the virtual dataset."""
-    from lenshpc.dataset.index import read_index, read_items
-    index = read_index(ds.path, truth=False)
-    dpi = cfg.evaluate.dpi
-    scale = ds_cfg.image.pixel_scale
-    done: list[tuple[str, str]] = []
-
-    def put(fig, name: str, caption: str) -> None:
-        figures.save(fig, fig_dir, name, dpi)
-        done.append((name, caption))
-
-    labels = index.labels.astype(np.float64)
-    n_ex = min(cfg.evaluate.n_examples, len(ds.test_index))
-    ex_index = ds.test_index[:n_ex]
-    ex_images = read_items(index, ex_index)
-    test_mask = np.zeros(len(labels), dtype=bool)
-    test_mask[ds.test_index] = True
-    put(figures.fig_parameter_distributions(labels, labels[test_mask], TARGETS),
-        "fig1_parameter_distributions",
-        f"Parameter distributions of the sample ({len(labels)} systems; the test set outlined). "
-        "theta_E in arcsec; q, e1, e2 dimensionless.")
-    put(figures.fig_example_images(ex_images, labels[ex_index], scale, ex_index.tolist()),
-        "fig2_example_images",
-        f"The first {n_ex} test images (asinh stretch; axes in arcsec from the image centre).")
-
-    histories: dict[str, list] = {}
-    for job in jobs:
-        if job.key in preds:
-            h = read_history(JobFiles(job.directory).history)
-            if h is not None:
-                histories.setdefault(job.model, []).append(h)
-    if histories:
-        put(figures.fig_training_curves(histories, mae_unit=r"mean of $\theta_E$ [arcsec], $q, e_1, e_2$"),
-            "fig3_training_curves",
-            "Training and validation loss (weighted MSE of standardised targets) and MAE "
-            "(mean over theta_E [arcsec], q, e1, e2) per epoch from history.csv: mean over "
-            "folds, band +-1 standard deviation.")
-
-    psnr = _pooled(preds, "psnr")
-    put(figures.fig_psnr_distributions(psnr), "fig4_psnr_distributions",
-        "PSNR (MAX = 1) of every test image re-rendered from its predicted theta_E, e1, e2, "
-        "per model (all folds); dashed lines: medians. Perfect re-renders (infinite PSNR) "
-        "are counted in the legend and left out of the histogram.")
-
-    from lenshpc.evaluate.kernels import reference_images, rerender
-    from lenshpc.simulate.render import Renderer
-    renderer = Renderer(ds_cfg.image)
-    first: dict[str, str] = {}
-    for key in preds:
-        first.setdefault(model_fold(key)[0], key)
-    pos = typical_system(preds[next(iter(first.values()))])
-    stored = read_items(index, [int(ds.test_index[pos])])[0]
-    true_image = reference_images(renderer, ds.truth_names, ds.truth_test[pos:pos + 1],
-                                  stored[None], ds_cfg.image.noise)[0]
-    predicted = {}
-    for model, key in first.items():
-        img, _ = rerender(renderer, ds.truth_names, ds.truth_test[pos], preds[key]["pred"][pos],
-                          cfg.evaluate.theta_E_min, cfg.evaluate.max_ellipticity)
-        predicted[f"{model} fold {model_fold(key)[1]}: PSNR {preds[key]['psnr'][pos]:.1f} dB"] = \
-            img if img is not None else np.zeros_like(true_image)
-    item = int(ds.test_index[pos])
-    t = ds.true_test[pos]
-    put(figures.fig_triptych(true_image, predicted, scale,
-                       rf"Test system #{item} ($\theta_E$={t[0]:.2f}$''$, $q$={t[1]:.2f}) "
-                       "re-rendered from each model's predicted parameters"),
-        "fig5_true_predicted_residual",
-        f"One test system (#{item}, the median-PSNR system of {next(iter(first.values()))}): true "
-        "image, image re-rendered from each model's predicted parameters, residual; asinh "
-        "stretch, axes in arcsec.")
-
-    true_p, pred_p = _pooled(preds, "true"), _pooled(preds, "pred")
-    r2 = {m: [metrics.r2(true_p[m][:, j], pred_p[m][:, j]) for j in range(len(TARGETS))] for m in pred_p}
-    folds = {m: np.concatenate([np.full(len(preds[k]["pred"]), model_fold(k)[1]) for k in keys])
-             for m, keys in group_by_model(preds).items()}
-    put(figures.fig_predicted_vs_true(true_p, pred_p, folds, TARGETS, r2), "fig6_predicted_vs_true",
-        "Predicted vs true parameters of the test set, all folds pooled, with the 1:1 line "
-        "(R² of the pooled points).")
-
-    n_p = range(len(TARGETS))
-    floor = cfg.evaluate.rel_err_floor
-    rel = {m: [metrics.relative_error(true_p[m][:, j], pred_p[m][:, j]) for j in n_p]
-           for m in pred_p}
-    scaled = {m: [metrics.scaled_error(true_p[m][:, j], pred_p[m][:, j]) for j in n_p]
-              for m in pred_p}
-    below = {m: [metrics.n_below_floor(true_p[m][:, j], floor) for j in n_p] for m in pred_p}
-    put(figures.fig_relative_error_boxes(rel, TARGETS, scaled, below, floor),
-        "fig7_relative_error_boxes",
-        "Top: relative errors |pred - true| / |true| (the study's definition) per parameter "
-        "and model, all folds pooled; items with true value exactly 0 have none. Bottom: "
-        "|pred - true| / std(true), an error that does not divide by each item's truth. "
-        f"Panel titles count the items with |true| < {floor:g} (per model), whose relative "
-        "errors are mostly small denominators (e1, e2 -> 0 as q -> 1); they stay in both "
-        "rows. Boxes span the quartiles, whiskers the 5th-95th percentiles, the median is "
-        "written on top.")
-
-    if mc:
-        std_p = _pooled(preds, "pred_std")
-        no_dropout = sorted({model_fold(k)[0] for k in preds
-                             if not preds[k]["attrs"].get("mc_has_dropout", True)})
-        put(figures.fig_calibration(true_p, pred_p, std_p, TARGETS, no_dropout), "fig8_calibration",
-            "MC-dropout calibration: fraction of true values inside the predicted +-k sigma "
-            "interval against the Gaussian expectation (points: 1 and 2 sigma).")
-    return done
+def variant_overrides(cfg, keys) -> dict[str, str]:
+    """Each evaluated model's overrides of train keys, from its ``train.models`` entry
+    (found by name; a model under RUNS but not in the config: "not in the config")."""
+    entries = {m.name: m for m in cfg.train.models}
+    return {model: describe_overrides(entries[model]) if model in entries
+            else "not in the config" for model in dict.fromkeys(model_fold(k)[0] for k in keys)}
 
 
 def _versions(jobs) -> dict[str, str]:
@@ -271,6 +150,10 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
           f"e1, e2); predictions outside the renderable domain are moved to theta_E >= "
           f"{cfg.evaluate.theta_E_min} arcsec, |e| <= {cfg.evaluate.max_ellipticity} for the "
           f"re-render only",
+          "- network input: each test image normalised as the job was trained "
+          "(`train.normalize` of its run.json, max when it records none: x / max; study: "
+          "(x - min) / (max + 1e-6)), column \"input\" below; the re-render is scored "
+          "against the true image, not the network input",
           "- MC dropout: " + (f"{mc_samples} passes per image, dropout active, batch "
                                f"normalisation in inference mode" if mc_samples else "off"),
           f"- evaluated now: {len(outcome.evaluated)} job(s)"
@@ -291,10 +174,11 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
                      + (" (early stop)" if r.get("early_stopped") else ""),
                      f"{r.get('model_epoch', '?')} ({r.get('keep', 'last')})",
                      devices_summary(r.get("devices") or []),
-                     f"`{str(a.get('model_checksum', ''))[:12]}`", str(clamped)])
+                     f"`{str(a.get('model_checksum', ''))[:12]}`", str(clamped),
+                     str(a.get("normalize", "max"))])
     L.append(md_table(["job", "index", "p1", "p2", "epochs", "model of epoch",
                        "trained on (ranks x device; settings)", "model.keras sha256",
-                       "clamped for re-render"], rows))
+                       "clamped for re-render", "input"], rows))
     L += ["### Jobs missing or unfinished (skipped)", ""]
     L += [f"- {k}: {reason}" for k, reason in skipped] or ["- none"]
     L += [""]
@@ -321,15 +205,26 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
           "median of |d| / std(true), an error that does not divide by each item's truth; and "
           f"the number of test items with |true| < {floor:g} (kept in every figure, counted "
           "here because their relative errors are mostly small denominators).",
-          "- **PSNR median**: of the test images re-rendered from the predicted parameters "
-          "(dB, MAX = 1).", ""]
+          "- **PSNR median** of the test images re-rendered from the predicted parameters, "
+          "in dB: **study** is the study's definition, the one to compare with the paper "
+          "(the true and the re-rendered image each clipped to its own 1st-99th percentiles "
+          "and scaled to [0, 1], then 10 log10(1 / MSE)); **MAX=1** is 10 log10(1 / MSE) of "
+          f"the images as stored (maximum 1). Shown: `evaluate.psnr: {cfg.evaluate.psnr}`; "
+          "`table1.csv` and `psnr.csv` hold both.",
+          "- **SSIM median, ring SSIM median**: the study's SSIM (as tf.image.ssim: Gaussian "
+          "window 11 x 11, sigma 1.5 pixels) of the two percentile-scaled images, over the "
+          "whole image and with both images set to 0 outside the ring |r - theta_E| <= "
+          f"{cfg.evaluate.ssim_ring_width:g} arcsec around the lens centre (true theta_E; "
+          "windows outside the ring then score 1).",
+          "- **variants**: models whose `train.models` entry overrides train keys are listed "
+          "under the table with their overrides (`overrides` in `table1.csv`).", ""]
     if tied_labels(ds_cfg):
         phi = ds_cfg.population.lens_mass.phi.params
         L += [f"**Tied labels.** The lens position angle is fixed (phi = "
               f"{dict(phi).get('value')} deg) in this dataset, so e1 and e2 are functions of q "
               "alone: only theta_E and one shape parameter are independent, and the figures of "
               "q, e1 and e2 move together by construction.", ""]
-    L += [table1_markdown(table1), ""]
+    L += [table1_markdown(table1, cfg.evaluate.psnr), ""]
 
     if cov_rows:
         L += ["## MC-dropout coverage", "",
@@ -358,8 +253,13 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
                   f"covered.", ""]
 
     L += ["## PSNR per job", "",
-          "Median over all test images; mean PSNR and mean MSE over the images with finite "
-          "PSNR (perfect re-renders, n_inf, are kept out of the means). Also in `psnr.csv`.", ""]
+          "MAX = 1 (the images as stored): median over all test images; mean PSNR and mean "
+          "MSE over the images with finite PSNR (perfect re-renders, n_inf, are kept out of "
+          "the means). The study's definition (each image clipped to its own 1st-99th "
+          "percentiles, scaled to [0, 1]): psnr_study_median, psnr_study_mean (over finite "
+          "values). ssim_median, ssim_ring_median: medians of the study's SSIM over the image "
+          "and in the ring around theta_E. Per image in `predictions.h5` (psnr, psnr_study, "
+          "ssim, ssim_ring); also in `psnr.csv`.", ""]
     L += [md_table(list(PSNR_COLUMNS),
                    [[str(r["model"]), str(r["fold"])] + [fmt_number(r[c]) for c in PSNR_COLUMNS[2:]]
                     for r in p_rows]), ""]

@@ -134,8 +134,9 @@ def _dataset_config(ds: store.DatasetInfo, cfg: Config) -> Config:
 
 def _bytes_needed(n_jobs: int, n_test: int, mc: bool, figures: bool) -> int:
     """A generous estimate of REPORT's size: predictions.h5 (index, true, pred, psnr, mse,
-    clamped, pred_std per test item) plus tables, report.md and figures."""
-    per_item = 8 + 32 + 32 + 8 + 8 + 1 + (32 if mc else 0)
+    psnr_study, ssim, ssim_ring, clamped, pred_std per test item) plus tables, report.md
+    and figures."""
+    per_item = 8 + 32 + 32 + 8 + 8 + 24 + 1 + (32 if mc else 0)
     return n_jobs * (n_test * per_item + 64 * 1024) + (16 << 20 if figures else 1 << 20)
 
 
@@ -146,7 +147,7 @@ def _plan(cfg: Config, data: str, runs: str, out: str, mc: int,
     ds = store.read_dataset(data)
     ds_cfg = _dataset_config(ds, cfg)
     jobs, skipped = store.find_jobs(runs, [m.name for m in cfg.train.models],
-                                    cfg.dataset.n_folds, ds.checksum)
+                                    cfg.train.folds or cfg.dataset.n_folds, ds.checksum)
     if not jobs:
         listed = "; ".join(f"{k}: {r}" for k, r in skipped) or "none found"
         raise UserError(f"--runs {runs}: no finished job to evaluate ({listed})")
@@ -156,11 +157,13 @@ def _plan(cfg: Config, data: str, runs: str, out: str, mc: int,
     ev = cfg.evaluate
     settings = settings_text(mc_samples=mc, theta_E_min=ev.theta_E_min,
                              max_ellipticity=ev.max_ellipticity, noise=ds_cfg.image.noise,
-                             seed=cfg.seed, chunk_size=ev.chunk_size, batch_size=ev.batch_size)
+                             seed=cfg.seed, chunk_size=ev.chunk_size, batch_size=ev.batch_size,
+                             ssim_ring_width=ev.ssim_ring_width)
     # the cache key: the inputs' hashes (for runs without a train marker, also the weights
     # hash the model was checked against when the cached result was computed)
     idents = {j.key: {"model_checksum": j.model_checksum, "dataset_checksum": ds.checksum,
-                      "settings": settings, "weights_sha256": j.weights_sha256 or ""}
+                      "settings": settings, "weights_sha256": j.weights_sha256 or "",
+                      "normalize": store.job_normalize(j)}
               for j in jobs}
     reuse = store.up_to_date_groups(out_dir / store.PREDICTIONS, idents)
     return Plan(out_dir, ds, jobs, skipped, idents, reuse, settings, need_bytes)
@@ -187,7 +190,8 @@ def _prepare(cfg: Config, ds_cfg: Config, ds: store.DatasetInfo):
 
 
 def _load(job: store.JobRun, mc: bool):
-    """The job's predictor, its weights checked when no train marker vouched for the file."""
+    """The job's predictor (its images normalised as in training), its weights checked
+    when no train marker vouched for the file."""
     from lenshpc.evaluate import predict
     try:
         model = predict.load_model(job.model_file)
@@ -197,7 +201,7 @@ def _load(job: store.JobRun, mc: bool):
         raise UserError(f"{job.key}: refused, {job.model_file} does not hold the weights train "
                         f"finished with (their hash differs from run.json's); restore the "
                         f"job's own model or train it again")
-    return predict.Predictor(model, mc=mc)
+    return predict.Predictor(model, mc=mc, normalize=store.job_normalize(job))
 
 
 def _work(units, mine: range, plan: Plan, ds_cfg: Config, cfg: Config, mc: int,
@@ -231,7 +235,9 @@ def _work(units, mine: range, plan: Plan, ds_cfg: Config, cfg: Config, mc: int,
         true_images = reference_images(renderer, ds.truth_names, truth_rows, images,
                                        ds_cfg.image.noise)
         res = score_chunk(renderer, ds.truth_names, truth_rows, pred, true_images,
-                          ev.theta_E_min, ev.max_ellipticity)
+                          ev.theta_E_min, ev.max_ellipticity,
+                          pixel_scale=ds_cfg.image.pixel_scale, ring_width=ev.ssim_ring_width,
+                          lens_light_follows_mass=ds_cfg.population.lens_light_shape == "mass")
         res.update(pred=pred, pred_std=pred_std, has_dropout=predictor.has_dropout)
         out[(jpos, start)] = res
     return out, []
@@ -242,7 +248,7 @@ def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.DatasetInfo,
     """One job's predictions.h5 entry from its gathered chunks (in test-item order)."""
     starts = sorted(s for (j, s) in chunks if j == jpos)
     cat = {name: np.concatenate([chunks[(jpos, s)][name] for s in starts])
-           for name in ("pred", "psnr", "mse", "clamped")}
+           for name in ("pred", "psnr", "mse", "psnr_study", "ssim", "ssim_ring", "clamped")}
     if mc_samples:
         cat["pred_std"] = np.concatenate([chunks[(jpos, s)]["pred_std"] for s in starts])
     cat["index"] = ds.test_index.copy()

@@ -9,9 +9,10 @@ name is always complete and an interrupted run loses nothing already written.
 
 ``predictions.h5`` holds one group per job, ``<model>/fold-<k>``, with the datasets
 ``index`` (dataset item numbers), ``true`` and ``pred`` (N, 4: theta_E in arcsec, q,
-e1, e2), ``psnr`` (dB) and ``mse`` (N,) of the re-render, ``clamped`` (N,: prediction
-moved into the renderable domain before re-rendering) and, with MC dropout,
-``pred_std`` (N, 4). Group attributes are the key of the cached result
+e1, e2), ``psnr`` (dB, MAX = 1) and ``mse`` (N,) of the re-render, the study's
+``psnr_study`` (dB), ``ssim`` and ``ssim_ring`` (N,: :mod:`lenshpc.evaluate.image_metrics`),
+``clamped`` (N,: prediction moved into the renderable domain before re-rendering) and,
+with MC dropout, ``pred_std`` (N, 4). Group attributes are the key of the cached result
 (``model_checksum``: sha256 of model.keras, ``dataset_checksum``, ``settings``): a later
 run reuses a group whose key is unchanged and whose values are all finite.
 """
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,7 +48,8 @@ from lenshpc.train.state import JobFiles
 
 PREDICTIONS = "predictions.h5"
 #: Datasets of a job group in predictions.h5.
-ARRAYS = ("index", "true", "pred", "psnr", "mse", "clamped", "pred_std")
+ARRAYS = ("index", "true", "pred", "psnr", "mse", "psnr_study", "ssim", "ssim_ring", "clamped",
+          "pred_std")
 #: The report folder's completion marker, and train's (written by ``lenshpc train``).
 REPORT_PRODUCT = "report"
 TRAIN_PRODUCT = "train"
@@ -210,7 +212,7 @@ def _checked_job(runs_dir, key: str, directory: Path, run: dict) -> tuple[str, s
     return checksum, str(weights[0])
 
 
-def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int,
+def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int | Sequence[int],
               dataset_checksum: str) -> tuple[list[JobRun], list[tuple[str, str]]]:
     """Finished jobs under RUNS, and the skipped ones as (``<model>/fold-<k>``, reason).
 
@@ -224,7 +226,8 @@ def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int,
     if not runs.is_dir():
         raise UserError(f"--runs {runs_dir}: no such directory")
     order = {name: i for i, name in enumerate(model_names)}
-    keys = {(m, k) for m in model_names for k in range(n_folds)}
+    folds = range(n_folds) if isinstance(n_folds, int) else n_folds   # train.folds
+    keys = {(m, k) for m in model_names for k in folds}
     for p in runs.glob(f"*/fold-*/{JobFiles.RUN_JSON_NAME}"):
         try:
             keys.add(parse_job_key(f"{p.parent.parent.name}/{p.parent.name}"))
@@ -263,6 +266,19 @@ def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int,
     return finished, skipped
 
 
+def job_normalize(job: JobRun) -> str:
+    """The per-image normalisation the job was trained with (``train.normalize`` of the
+    effective train section its run.json records; 'max' for runs that record none), which
+    evaluate applies before the model. UserError for a kind lenshpc does not know."""
+    from lenshpc.train.preprocess import KINDS
+    train = job.run.get("train")
+    kind = train.get("normalize", "max") if isinstance(train, dict) else "max"
+    if kind not in KINDS:
+        raise UserError(f"{job.key}: run.json train.normalize is {kind!r}, not one of "
+                        f"{', '.join(KINDS)}; the run is not lenshpc's or is damaged")
+    return str(kind)
+
+
 # --------------------------------------------------------------------------- predictions.h5
 
 
@@ -270,7 +286,8 @@ def _finite_group(g) -> bool:
     """Nothing NaN is ever reused: true and pred all finite, no NaN elsewhere (a PSNR of
     +inf is a perfect re-render)."""
     return all(np.isfinite(g[n][...]).all() for n in ("true", "pred")) and \
-        not any(np.isnan(g[n][...]).any() for n in ("pred_std", "mse", "psnr") if n in g)
+        not any(np.isnan(g[n][...]).any() for n in ("pred_std", "mse", "psnr", "psnr_study", "ssim",
+                                                  "ssim_ring") if n in g)
 
 
 def up_to_date_groups(path: Path, wanted: dict[str, dict[str, str]]) -> set[str]:

@@ -51,6 +51,8 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
 
     entry = _entry(ds, oracle, renderer, "oracle/fold-0")
     assert np.all(entry["mse"] == 0) and np.all(np.isinf(entry["psnr"]))
+    assert np.all(np.isinf(entry["psnr_study"]))
+    assert np.all(entry["ssim"] == pytest.approx(1.0)) and np.all(entry["ssim_ring"] == pytest.approx(1.0))
     assert not entry["clamped"].any()
 
     for row in tables.job_metrics_rows("oracle/fold-0", entry):
@@ -91,6 +93,8 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
     with open(out / "table1.csv", newline="") as f:
         t1 = {r["model"]: r for r in csv.DictReader(f)}
     assert t1["oracle"]["psnr_median_mean"] == "inf" and t1["oracle"]["test_wmse_phys_mean"] == "0.0"
+    assert t1["oracle"]["psnr_study_median_mean"] == "inf"
+    assert math.isfinite(float(t1["offset"]["psnr_study_median_mean"]))
     assert all(float(t1["oracle"][f"r2_{p}_mean"]) == 1.0 for p in TARGETS)
     assert math.isfinite(float(t1["offset"]["psnr_median_mean"]))
     md = (out / "table1.md").read_text()
@@ -99,6 +103,7 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
     with open(out / "psnr.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["psnr_median"] == "inf" and rows[0]["psnr_mean"] == "nan"
+    assert rows[0]["psnr_study_median"] == "inf" and rows[0]["psnr_study_mean"] == "nan"
     assert (out / "figures" / "fig4_psnr_distributions.png").stat().st_size > 5000
     assert "perfect re-renders" in (out / "report.md").read_text()
 

@@ -40,6 +40,10 @@ def test_products_of_a_plain_run(plain_report, eval_data):
             np.testing.assert_array_equal(g["index"][...], test_items)
             assert g["true"].shape == g["pred"].shape == (n, 4)
             assert g["psnr"].shape == g["mse"].shape == (n,)
+            assert g["psnr_study"].shape == g["ssim"].shape == g["ssim_ring"].shape == (n,)
+            assert np.all(np.isfinite(g["psnr_study"][...]))
+            assert np.all(np.abs(g["ssim"][...]) <= 1) and np.all(np.abs(g["ssim_ring"][...]) <= 1)
+            assert g.attrs["normalize"] == "max"           # run.json records none yet: max
             assert "pred_std" not in g
             # true values are the labels (theta_E, e1, e2 at float64 precision)
             np.testing.assert_allclose(g["true"][...], labels[test_items], rtol=1e-6, atol=1e-7)
@@ -57,9 +61,15 @@ def test_products_of_a_plain_run(plain_report, eval_data):
     assert all(float(r["mae"]) > 0 and float(r["nmad"]) >= 0 for r in rows)
 
     psnr = read_csv(out / "psnr.csv")
-    assert list(psnr[0])[:6] == ["model", "fold", "psnr_median", "psnr_mean", "mse_mean", "n"]
+    assert list(psnr[0]) == ["model", "fold", "psnr_median", "psnr_mean", "mse_mean", "n", "n_inf",
+                             "psnr_study_median", "psnr_study_mean", "ssim_median",
+                             "ssim_ring_median"]
     assert len(psnr) == len(EVALUATED)
     assert all(math.isfinite(float(r["psnr_median"])) for r in psnr)
+    with h5py.File(out / "predictions.h5", "r") as f:
+        for r, key in zip(psnr, EVALUATED, strict=True):
+            assert float(r["psnr_study_median"]) == np.median(f[key]["psnr_study"][...])
+            assert float(r["ssim_ring_median"]) == np.median(f[key]["ssim_ring"][...])
 
     for name in FIGURES:
         for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
@@ -75,7 +85,8 @@ def test_table1_has_every_model_of_the_debug_run(plain_report):
     md = (out / "table1.md").read_text().split("\n\n")
     part_a, part_b = md[0].splitlines(), md[1].splitlines()
     assert part_a[0] == ("| model | folds | min val. loss | min val. MAE | test wMSE (phys.) | "
-                         "PSNR median [dB] |")
+                         "PSNR median, study [dB] | PSNR median, MAX=1 [dB] | SSIM median | "
+                         "ring SSIM median |")
     assert [line.split("|")[1].strip() for line in part_a[2:]] == ["model1", "model2", "model3"]
     assert " ± " in part_a[2]                            # model1: 2 folds, mean ± std
     assert part_b[0].startswith("| model | parameter | R² | median rel. err. [%] |")
@@ -87,7 +98,10 @@ def test_table1_has_every_model_of_the_debug_run(plain_report):
     assert {"val_loss_min_mean", "val_loss_min_std", "val_mae_min_mean", "test_wmse_phys_mean",
             "r2_theta_E_mean", "rel_err_median_e2_std", "nmad_q_mean", "bias_e1_mean",
             "sigma_theta_E_std", "rel_err_p90_theta_E_mean", "n_below_floor_e2_mean",
-            "psnr_median_mean"} <= set(rows[0])
+            "psnr_median_mean", "psnr_study_median_mean", "ssim_median_mean",
+            "ssim_ring_median_std", "overrides"} <= set(rows[0])
+    assert all(r["overrides"] == "" for r in rows)             # no variant in the config
+    assert "Variants" not in (out / "table1.md").read_text()
     assert "loss_mean" not in rows[0] and "mae_mean" not in rows[0]
     tex = (out / "table1.tex").read_text()
     assert tex.count(r"\toprule") == 2 and r"\pm" in tex
@@ -132,6 +146,9 @@ def test_report_lists_jobs_figures_and_provenance(plain_report, eval_data):
     assert positions == sorted(positions)
     assert "## Table 1" in text and "tensorflow (train)" in text and "```yaml" in text
     assert "**Tied labels.**" in text and "e1 and e2 are functions of q" in text
+    assert "1st-99th percentiles" in text and "`evaluate.psnr: both`" in text
+    assert "study's definition: each image clipped" in text     # the figures say which PSNR
+    assert "the one to compare with the paper" in text
     # skipped jobs are also said on the terminal
     assert "skipping model2/fold-1: unfinished" in proc.stdout
     assert "skipping model3/fold-1: missing" in proc.stdout
