@@ -208,9 +208,9 @@ ASSUMED = ["image.size", "image.supersampling", "population.lens_mass.theta_E",
            "population.source_light.R_sersic", "population.source_light.n_sersic",
            "population.source_light.q", "population.source_light.phi",
            "population.source_light.center_x", "population.source_light.center_y",
-           "train.standardize_targets", "train.batch_size", "train.epochs", "train.learning_rate",
-           "train.warmup_epochs", "train.early_stopping_patience", "train.reduce_lr_factor",
-           "train.reduce_lr_patience", "train.min_lr", "train.network.conv1_kernel",
+           "train.standardize_targets", "train.batch_size", "train.epochs",
+           "train.warmup_epochs", "train.early_stopping_patience",
+           "train.reduce_lr_patience", "train.min_lr", "train.keep", "train.network.conv1_kernel",
            "train.network.conv2_kernel", "train.network.pool_size", "train.network.batch_norm",
            "train.network.batch_norm_momentum"]
 
@@ -221,8 +221,14 @@ def test_docs_mark_every_assumed_default():
     missing = [key for key in ASSUMED if "(assumed)" not in rows[key]]
     assert not missing, f"not marked (assumed): {missing}"
     for key in ("image.pixel_scale", "train.loss_weights", "dataset.n_folds",
-                "train.network.conv3_kernel", "population.lens_mass.phi"):
+                "train.network.conv3_kernel", "population.lens_mass.phi",
+                "train.learning_rate", "train.reduce_lr_factor"):
         assert "(assumed)" not in rows[key], key   # the study states these
+    # Where lenshpc's default differs from the authors', the key names their value's source.
+    for key in ("train.batch_size", "train.epochs", "train.early_stopping_patience",
+                "train.reduce_lr_patience", "train.min_lr", "train.keep",
+                "train.standardize_targets", "train.normalize", "train.shuffle"):
+        assert "configs/paper.yaml" in rows[key] and "authors'" in rows[key], key
 
 
 def test_docs_show_every_numeric_bound():

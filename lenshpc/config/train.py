@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from lenshpc.config.schema import UserError, _fmt, build, param, to_plain
+from lenshpc.dataset.columns import LABEL_NAMES
 
-#: Network outputs, in this order (docs/method.md section 2).
-TARGETS = ("theta_E", "q", "e1", "e2")
+#: Network outputs, in this order (docs/method.md section 2): the dataset's label columns.
+TARGETS = LABEL_NAMES
 
 
 #: The keys of a ``train.models`` entry that belong to the model itself; every other key
@@ -210,35 +211,48 @@ class Train:
                                           "model-major over these folds.")
     network: Network = param(default_factory=Network, doc="Network shape.")
     loss_weights: tuple[float, float, float, float] = param(
-        (1.0, 1.0, 3.0, 3.0), ge=0, le=1000, doc="Weights of the MSE terms of theta_E, q, e1, e2.")
+        (1.0, 1.0, 3.0, 3.0), ge=0, le=1000, doc="Weights of the MSE terms of theta_E, q, e1, e2 (the paper; the "
+        "authors' k_fold_train.py).")
     standardize_targets: bool = param(True, doc="Standardise targets with training-fold "
                                       "statistics; predictions are mapped back before any "
-                                      "metric (assumed).")
+                                      "metric. lenshpc's option (assumed); the authors train "
+                                      "on raw physical targets (k_fold_train.py): false in "
+                                      "configs/paper.yaml.")
     normalize: Literal["max", "study"] = param(
         "max", doc="What the network sees of each image: max, the image as stored (scaled to "
         "a maximum of 1); study, the authors' (x - min) / (max + 1e-6) of each image. Applied "
-        "alike in train, evaluate and predict.")
+        "alike in train, evaluate and predict. lenshpc's default max; the authors' study "
+        "(k_fold_train.py), configs/paper.yaml.")
     shuffle: Literal["global", "buffer"] = param(
         "global", doc="Order of the training items in each epoch. global: a fresh random "
         "permutation of all of them; buffer: the authors' tf.data order, the training folds "
         "in file order (fold after fold) through a shuffle buffer of train.shuffle_buffer "
-        "items (needs train.input memory).")
-    batch_size: int = param(64, ge=1, le=65536, doc="Batch size per rank, 64 (assumed).")
-    epochs: int = param(100, ge=1, le=100_000, doc="Maximum number of epochs, 100 (assumed).")
+        "items (needs train.input memory). lenshpc's default global; the authors' buffer of "
+        "1000 (k_fold_train.py), configs/paper.yaml.")
+    batch_size: int = param(64, ge=1, le=65536, doc="Batch size per rank. lenshpc's default 64 "
+                            "(assumed); the authors' 128 (main_config.ini), configs/paper.yaml.")
+    epochs: int = param(100, ge=1, le=100_000, doc="Maximum number of epochs. lenshpc's "
+                        "default 100 (assumed); the authors' 50 (main_config.ini), "
+                        "configs/paper.yaml.")
     learning_rate: float = param(1e-3, gt=0, le=10, doc="Initial NAdam learning rate (single "
-                                 "rank; scaled by the number of ranks), 1e-3 (assumed).")
+                                 "rank; scaled by the number of ranks), 1e-3 (the authors' main_config.ini; "
+                                 "lenshpc had assumed it before).")
     warmup_epochs: int = param(1, ge=0, le=1000, doc="Epochs of linear learning-rate warm-up to "
                                "the scaled rate (Horovod's practice; not in the study) "
                                "(assumed).")
     early_stopping_patience: int = param(15, ge=0, le=100_000, doc="Epochs without val_loss "
-                                         "improvement before stopping (0: never stop early), 15 "
-                                         "(assumed).")
-    reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor, 0.5 "
-                                   "(assumed).")
+                                         "improvement before stopping (0: never stop early). lenshpc's "
+                                         "default 15 (assumed); the authors' k_fold_train.py "
+                                         "never stops early (commented out): 0 in "
+                                         "configs/paper.yaml.")
+    reduce_lr_factor: float = param(0.5, gt=0, lt=1, doc="ReduceLROnPlateau factor, 0.5 (the "
+                                   "authors' k_fold_train.py; lenshpc had assumed it).")
     reduce_lr_patience: int = param(5, ge=0, le=100_000, doc="ReduceLROnPlateau patience "
-                                 "(epochs), 5 (assumed).")
-    min_lr: float = param(1e-6, ge=0, le=10, doc="ReduceLROnPlateau lower bound, 1e-6 "
-                       "(assumed).")
+                                 "(epochs). lenshpc's default 5 (assumed); the authors' 3 "
+                                 "(k_fold_train.py), configs/paper.yaml.")
+    min_lr: float = param(1e-6, ge=0, le=10, doc="ReduceLROnPlateau lower bound. "
+                       "lenshpc's default 1e-6 (assumed); the authors' 1e-8 (k_fold_train.py), "
+                       "configs/paper.yaml.")
     read_block_mb: int = param(256, ge=1, le=65536, unit="MiB", doc="Size of one contiguous HDF5 read when "
                                "a rank loads its share of the fold into memory.")
     prefetch_batches: int = param(4, ge=1, le=1024, doc="Batches prepared ahead of the training step.")
@@ -277,9 +291,12 @@ class Train:
                                 "train.shuffle: buffer (the authors': 1000).")
     stream_shards: int = param(4, ge=1, le=1024, doc="Shards a streaming rank reads at a time, "
                                "interleaved item block by item block (train.input: stream).")
-    keep: Literal["best", "last"] = param("best", doc="Which epoch's weights model.keras holds: "
-                                          "the lowest val_loss (best, as the study scores) or the "
-                                          "last epoch trained.")
+    keep: Literal["best", "last"] = param(
+        "best", doc="Which epoch's weights model.keras holds: best, the lowest val_loss "
+        "(lenshpc's default, read from the paper's 'minimum values attained') (assumed), or "
+        "last, "
+        "the last epoch trained (the authors' k_fold_train.py saves and scores it; "
+        "configs/paper.yaml).")
     tensorboard: bool = param(True, doc="Write TensorBoard logs (rank 0) to RUNS/<model>/fold-<k>/logs.")
 
     def validate(self, path: str) -> None:

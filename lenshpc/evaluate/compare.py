@@ -103,16 +103,42 @@ def _block(text: str, name: str, content: str) -> str:
     return text[:a] + content + text[b:]
 
 
+def ablation_markdown(path: str | Path) -> str:
+    """The ablation table (``ablation.csv`` of docs/reproduction/ablation_table.py) as
+    markdown: one row per entry, models 1 and 3 under each setting."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = ["setting", "model", "R² theta_E", "R² q", "R² e1", "R² e2",
+              "PSNR study [dB]", "PSNR MAX=1 [dB]", "test wMSE phys.", "min. val. loss",
+              "epochs (best)"]
+    body = [[r["factor"], r["dropout_model"], r["r2_theta_E"], r["r2_q"], r["r2_e1"],
+             r["r2_e2"], r["psnr_study_median"], r["psnr_max1_median"], r["test_wmse_phys"],
+             r["val_loss_min"] + (" (std.)" if r["val_loss_unit"] == "standardised" else ""),
+             f"{r['epochs_run']} ({r['best_epoch']})"] for r in rows]
+    return md_table(header, body)
+
+
 def render_document(text: str, folder: str | Path) -> str:
     """``text`` with its generated blocks rewritten from ``folder``'s ``table1.csv`` (the
-    reproduction run) and ``demo-table1.csv`` (the debug demo, if present)."""
+    reproduction run), ``demo-table1.csv`` (the debug demo), ``study/table1.csv`` (the
+    run with the authors' settings) and ``ablation.csv``; the last three where present,
+    each into its block where the text has its markers."""
     from lenshpc.evaluate.tables import table1_markdown
     folder = Path(folder)
     run = rows_from_csv(folder / "table1.csv")
     text = _block(text, "table1", table1_markdown(list(run.values())))
-    runs = {"this run (reduced)": run}
+    runs = {}
+    study = folder / "study" / "table1.csv"
+    if study.is_file():
+        runs["authors' settings (reduced)"] = rows_from_csv(study)
+        if "<!-- study-table1 -->" in text:
+            text = _block(text, "study-table1",
+                          table1_markdown(list(runs["authors' settings (reduced)"].values())))
+    runs["this run (reduced)" if not runs else "lenshpc's settings (reduced)"] = run
     if (folder / "demo-table1.csv").is_file():
         runs["debug demo"] = rows_from_csv(folder / "demo-table1.csv")
+    if (folder / "ablation.csv").is_file() and "<!-- ablation -->" in text:
+        text = _block(text, "ablation", ablation_markdown(folder / "ablation.csv"))
     return _block(text, "comparison", comparison_markdown(runs))
 
 
