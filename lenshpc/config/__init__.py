@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from lenshpc.config.evaluate import Evaluate
+from lenshpc.config.population import Population
 from lenshpc.config.schema import (  # noqa: F401
     UserError,
     _bounds,
@@ -31,7 +32,7 @@ from lenshpc.config.schema import (  # noqa: F401
     parse_yaml,
     to_plain,
 )
-from lenshpc.config.simulate import Dataset, Image, Population
+from lenshpc.config.simulate import Dataset, Image
 from lenshpc.config.slurm import Slurm
 from lenshpc.config.train import Train
 
@@ -132,6 +133,10 @@ def cross_check(cfg: Config) -> str | None:
                     f"{cfg.dataset.n_folds} has folds 0..{cfg.dataset.n_folds - 1}")
         if len(set(folds)) != len(folds):
             return "train.folds: a fold appears twice"
+    for component in ("lens_light", "source_light"):
+        if getattr(cfg.population, component).mag is not None and cfg.image.zero_point is None:
+            return (f"population.{component}.mag: magnitudes need image.zero_point (or an "
+                    f"image.observation preset)")
     for model in cfg.train.models:
         network = cfg.train.for_model(model).network
         if network.layers(cfg.image.size)[-1][-1] < 1:

@@ -217,6 +217,8 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     where = path or "(top level)"
     if not isinstance(data, Mapping):
         raise UserError(f"config {where}: {_fmt(data)} is not a mapping")
+    if hasattr(cls, "complete_yaml"):   # keys implied by others (image.observation presets)
+        data = cls.complete_yaml(dict(data), path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(map(str, data)) - set(fields))

@@ -7,10 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from lenshpc.config.schema import UserError, _fmt, build, param, to_plain
-from lenshpc.dataset.columns import LABEL_NAMES
 
-#: Network outputs, in this order (docs/method.md section 2): the dataset's label columns.
-TARGETS = LABEL_NAMES
+# The network's outputs (theta_E, q, e1, e2) are the dataset's label columns:
+# lenshpc.dataset.columns.TARGETS (the config tree does not import the stages' owners).
+
+
+def __getattr__(name: str) -> Any:
+    """``TARGETS`` for code that still imports it from here (lenshpc.dataset.columns
+    defines it); read when asked, so the config tree imports nothing above it."""
+    if name == "TARGETS":
+        import importlib
+        return importlib.import_module("lenshpc.dataset.columns").TARGETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: The keys of a ``train.models`` entry that belong to the model itself; every other key

@@ -1,4 +1,4 @@
-"""The on-disk format of a dataset: this package owns it; every reader and writer goes through it.
+"""The on-disk format of a dataset: its file names and layout, and its shard and index files.
 
 Layout of a dataset directory DIR::
 
@@ -13,7 +13,13 @@ Layout of a dataset directory DIR::
 
 :mod:`lenshpc.dataset.shards` writes, reads and checks one shard file;
 :mod:`lenshpc.dataset.index` builds ``dataset.h5`` from the shards, reads it, and reads
-images and checks shards through it.
+images and checks shards through it; :mod:`lenshpc.dataset.columns` names the label and
+truth columns; :mod:`lenshpc.dataset.identity` says which config sections define a
+dataset (the fingerprint in ``simulate.json``); :mod:`lenshpc.dataset.folder` is the
+folder as a whole: the shard layout by config, "done" (:func:`~lenshpc.dataset.folder.
+dataset_done`) and the one open-and-validate every stage uses; :mod:`lenshpc.dataset.
+summary` is ``lenshpc dataset info|verify``. ``config.yaml``, ``simulate.json`` and the
+completion marker are written by :mod:`lenshpc.simulate` (its plan and run).
 """
 
 SHARDS = "shards"

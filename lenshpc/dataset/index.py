@@ -11,11 +11,12 @@ value (NaN): lenshpc itself never reads images through it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from lenshpc.dataset.shards import (
     shard_path,
 )
 from lenshpc.io import atomic_path, is_disk_full
+
+if TYPE_CHECKING:
+    from lenshpc.config import Config
 
 #: Version of the index layout; an index of another version is refused (rebuild it).
 FORMAT = 2
@@ -159,6 +163,19 @@ class DatasetIndex:
     def config_text(self) -> str:
         """The resolved config of the run that made the dataset (YAML text)."""
         return str(self.attrs.get("config", ""))
+
+    @functools.cached_property
+    def config(self) -> "Config":
+        """The config the dataset was made from (:attr:`config_text`, loaded and validated):
+        where every stage takes the image and population settings of this dataset."""
+        from lenshpc.config import from_yaml_text
+        if not self.config_text:
+            raise UserError(f"dataset {self.path} records no config (no 'config' attribute); "
+                            f"it was not written by lenshpc simulate")
+        try:
+            return from_yaml_text(self.config_text)
+        except UserError as exc:
+            raise UserError(f"the config stored in {self.path} is not valid: {exc}") from None
 
     def shard_path(self, k: int) -> Path:
         return self.root / SHARDS / self.shards.name[k]

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate.tables import fmt_pm, md_table
 
 #: The study's figures per model, as it states them (text: ranges and "about" kept).

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import image_metrics, metrics
 
 #: Truth columns replaced by the predictions before re-rendering (q enters through e1, e2).

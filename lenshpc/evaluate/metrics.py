@@ -16,9 +16,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
-#: NMAD scale: 1 / Phi^-1(3/4), so NMAD of a normal sample estimates its sigma.
-NMAD_SCALE = 1.4826
+#: NMAD scale: 1 / Phi^-1(3/4) = 1.482602..., so NMAD of a normal sample estimates its
+#: sigma (scipy's ``median_abs_deviation(scale="normal")``).
+NMAD_SCALE = 1.0 / float(stats.norm.ppf(0.75))
 #: Coverage of +-k sigma of a normal distribution, k = 1, 2.
 GAUSS_COVERAGE = {1: math.erf(1 / math.sqrt(2)), 2: math.erf(2 / math.sqrt(2))}
 
@@ -58,11 +60,12 @@ def sigma68(d) -> float:
 
 
 def nmad(d) -> float:
-    """Normalised median absolute deviation ``1.4826 * median(|d - median(d)|)``."""
+    """Normalised median absolute deviation ``median(|d - median(d)|) / Phi^-1(3/4)``
+    (1.4826 median(...)): scipy's ``median_abs_deviation(d, scale="normal")``."""
     d = _as_float(d)
     if d.size == 0:
         return math.nan
-    return NMAD_SCALE * float(np.median(np.abs(d - np.median(d))))
+    return float(stats.median_abs_deviation(d, scale="normal"))
 
 
 def relative_error(true, pred) -> np.ndarray:

@@ -140,10 +140,20 @@ class Predictor:
         deterministic prediction and zero spread."""
         if self._mc is None:
             return self.predict(images, batch_size), np.zeros((len(images), 4))
+        passes = self.mc_passes(images, batch_size, samples, seed)
+        return passes.mean(axis=0), passes.std(axis=0, ddof=1)
+
+    def mc_passes(self, images: np.ndarray, batch_size: int, samples: int,
+                  seed: tuple[int, ...]) -> np.ndarray:
+        """``(samples, N, 4)`` predictions, one per dropout pass (masks as in
+        :meth:`predict_mc`); a model without dropout gives one pass, its deterministic
+        prediction, ``(1, N, 4)``."""
+        if self._mc is None:
+            return self.predict(images, batch_size)[None]
         passes = np.empty((samples, len(images), 4), dtype=np.float64)
         for s in range(samples):
             for b, (start, stop) in enumerate(_batches(len(images), batch_size)):
                 state = np.random.SeedSequence([*seed, s, b]).generate_state(2)
                 self._seed.assign(state.astype(np.int64))
                 passes[s, start:stop] = self._mc(self._input(images[start:stop])).numpy()
-        return passes.mean(axis=0), passes.std(axis=0, ddof=1)
+        return passes

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from lenshpc import __version__
-from lenshpc.evaluate import metrics, store
+from lenshpc.config.train import _flat as flat_overrides
+from lenshpc.evaluate import metrics, provenance, store
 from lenshpc.evaluate.report_figures import make_figures
 from lenshpc.evaluate.tables import (
     COVERAGE_COLUMNS,
@@ -37,15 +39,19 @@ from lenshpc.evaluate.tables import (
     table1_rows,
 )
 from lenshpc.io import atomic_write_text
+from lenshpc.runs import JobFiles
 from lenshpc.train.record import devices_summary
-from lenshpc.train.state import JobFiles, read_history
+from lenshpc.train.state import read_history
 
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
 
 
-def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skipped,
-              runs_dir: Path, data_dir: Path, mc_samples: int, outcome) -> list[Path]:
-    """Every product of REPORT from predictions.h5: tables, figures, report.md. Returns
+def write_all(out_dir: Path, *, cfg, ds: store.HeldOutSet, jobs, skipped,
+              runs_dir: Path, data_dir: Path, mc_samples: int, outcome,
+              given_not_used: list[str] | None = None) -> list[Path]:
+    """Every product of REPORT from predictions.h5: tables, figures, report.md. The image
+    and population settings are the dataset's (``ds.config``), the train settings each
+    job's run.json; ``cfg`` gives the evaluate settings. Returns
     the files written (for the completion marker); figures of an earlier report that
     this one does not draw are removed."""
     written: list[Path] = []
@@ -67,7 +73,7 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
     directories = {j.key: j.directory for j in jobs}
     summaries = {k: job_summary(preds[k], read_history(JobFiles(directories[k]).history), floor)
                  for k in keys}
-    t1 = table1_rows(summaries, variant_overrides(cfg, keys))
+    t1 = table1_rows(summaries, variant_overrides(cfg, keys, jobs))
     psnr = cfg.evaluate.psnr
     caption = (f"{cfg.name}: Table 1, mean +- standard deviation over folds "
                f"({len(ds.test_index)} test systems).")
@@ -81,28 +87,40 @@ def write_all(out_dir: Path, *, cfg, ds: store.DatasetInfo, ds_cfg, jobs, skippe
         write("coverage.csv", csv_text(cov_rows, COVERAGE_COLUMNS))
     else:
         (out_dir / "coverage.csv").unlink(missing_ok=True)
+    from lenshpc.evaluate import calibration_report  # issue 18: written by the calibration step
+    cal_files, cal_lines = calibration_report.products(out_dir, measured=bool(mc_samples))
+    written += cal_files
 
     fig_dir = out_dir / "figures"
-    figs = make_figures(fig_dir, preds=preds, jobs=jobs, ds=ds, ds_cfg=ds_cfg,
+    figs = make_figures(fig_dir, preds=preds, jobs=jobs, ds=ds,
                         cfg=cfg, mc=mc) if cfg.evaluate.figures else []
     drawn = {fig_dir / f"{name}.{ext}" for name, _ in figs for ext in ("png", "pdf")}
     for old in fig_dir.glob("fig*.*") if fig_dir.is_dir() else []:
         if old not in drawn:
             old.unlink()
     written += sorted(drawn)
-    text = report_markdown(cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=skipped, preds=preds,
+    text = report_markdown(cfg=cfg, ds=ds, jobs=jobs, skipped=skipped, preds=preds,
                            table1=t1, p_rows=p_rows, metric_rows=metric_rows, cov_rows=cov_rows,
                            figs=figs, runs_dir=runs_dir, data_dir=data_dir, mc_samples=mc_samples,
-                           outcome=outcome)
+                           outcome=outcome, given_not_used=given_not_used or [],
+                           calibration_lines=cal_lines)
     write("report.md", text)
     return written
 
-def variant_overrides(cfg, keys) -> dict[str, str]:
-    """Each evaluated model's overrides of train keys, from its ``train.models`` entry
-    (found by name; a model under RUNS but not in the config: "not in the config")."""
+def variant_overrides(cfg, keys, jobs=()) -> dict[str, str]:
+    """Each evaluated model's overrides of train keys, as its jobs' run.json records them
+    (``overrides``: what the model was trained with); for a run.json without that record,
+    from the config's ``train.models`` entry (found by name; a model under RUNS but not
+    in the config: "not in the config")."""
     entries = {m.name: m for m in cfg.train.models}
-    return {model: describe_overrides(entries[model]) if model in entries
-            else "not in the config" for model in dict.fromkeys(model_fold(k)[0] for k in keys)}
+    recorded = {j.model: j.run["overrides"] for j in jobs
+                if isinstance(j.run.get("overrides"), dict)}
+
+    def described(model: str) -> str:
+        if model in recorded:
+            return ", ".join(f"{k}={v}" for k, v in flat_overrides(recorded[model]))
+        return describe_overrides(entries[model]) if model in entries else "not in the config"
+    return {model: described(model) for model in dict.fromkeys(model_fold(k)[0] for k in keys)}
 
 
 def _versions(jobs) -> dict[str, str]:
@@ -128,9 +146,11 @@ def tied_labels(ds_cfg) -> bool:
     return pop.kind == "parametric" and pop.lens_mass.phi.dist == "constant"
 
 
-def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, metric_rows,
-                    cov_rows, figs, runs_dir, data_dir, mc_samples, outcome) -> str:
+def report_markdown(*, cfg, ds, jobs, skipped, preds, table1, p_rows, metric_rows,
+                    cov_rows, figs, runs_dir, data_dir, mc_samples, outcome,
+                    given_not_used=(), calibration_lines=()) -> str:
     """report.md: the tables and figures in order, with provenance."""
+    ds_cfg = ds.config   # the image and population the test set was made with
     img = ds_cfg.image
     noise = img.noise
     L: list[str] = [f"# {cfg.name}: evaluation report", ""]
@@ -251,6 +271,7 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
             L += [f"Models without dropout ({', '.join(no_dropout)}) have zero spread: every MC "
                   f"pass gives the same prediction, so only exact predictions count as "
                   f"covered.", ""]
+    L += list(calibration_lines)   # "Calibration of the uncertainties" (calibration_report)
 
     L += ["## PSNR per job", "",
           "MAX = 1 (the images as stored): median over all test images; mean PSNR and mean "
@@ -283,9 +304,28 @@ def report_markdown(*, cfg, ds, ds_cfg, jobs, skipped, preds, table1, p_rows, me
         L += [f"### Figure {i}", "", f"![{caption}](figures/{name}.png)", "",
               f"{caption} ([PDF](figures/{name}.pdf))", ""]
 
-    L += ["## Config", "", "The config given to `lenshpc evaluate`:", "", "```yaml",
-          cfg.to_yaml_text().rstrip(), "```", ""]
-    if ds.config_text and ds.config_text.strip() != cfg.to_yaml_text().strip():
-        L += ["The dataset's own config (used for re-rendering):", "", "```yaml",
-              ds.config_text.rstrip(), "```", ""]
+    L += config_section(cfg, ds, jobs, given_not_used)
     return "\n".join(L)
+
+
+def config_section(cfg, ds, jobs, given_not_used) -> list[str]:
+    """report.md's "Config": what produced the numbers, from where it was recorded: the
+    dataset's own config (its dataset-defining sections), each job's train settings from
+    its run.json, the evaluate settings given; and the given values that were not used."""
+    L = ["## Config", "",
+         f"What produced these numbers. The dataset's sections (the test set was made and is "
+         f"re-rendered with them; from the config stored in `{ds.path.name}`):", "",
+         "```yaml", provenance.dataset_sections_yaml(ds.config), "```", "",
+         "Each model's train settings, as its jobs' `run.json` records them (`train`, and "
+         "the dropout rates `p1`, `p2`):", ""]
+    for keys, text in provenance.train_settings_yaml(jobs):
+        L += [f"{keys}:", "", "```yaml", text, "```", ""]
+    plain = yaml.safe_load(cfg.to_yaml_text()) or {}
+    L += ["The evaluate settings given to `lenshpc evaluate`:", "", "```yaml",
+          yaml.safe_dump({"evaluate": plain.get("evaluate")}, sort_keys=False).rstrip(),
+          "```", ""]
+    if given_not_used:
+        L += ["Given, not used: train keys the given config sets to other values than the "
+              "jobs were trained with, which do not decide the model evaluated (the job's "
+              "value first):", "", *(f"- `{line}`" for line in given_not_used), ""]
+    return L

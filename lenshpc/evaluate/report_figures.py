@@ -14,10 +14,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import figures, metrics, store
 from lenshpc.evaluate.tables import group_by_model, model_fold
-from lenshpc.train.state import JobFiles, read_history
+from lenshpc.runs import JobFiles
+from lenshpc.train.state import read_history
 
 #: Axis labels of the two PSNR definitions (per-item arrays of predictions.h5).
 PSNR_DEFINITIONS = {"psnr_study": "the study's definition: each image clipped to its "
@@ -48,13 +49,14 @@ def typical_system(entry: Mapping[str, Any], name: str = "psnr") -> int:
     return int(order[len(order) // 2])
 
 
-def make_figures(fig_dir: Path, *, preds, jobs, ds: store.DatasetInfo, ds_cfg, cfg,
+def make_figures(fig_dir: Path, *, preds, jobs, ds: store.HeldOutSet, cfg,
                  mc: bool) -> list[tuple[str, str]]:
     """Write every figure; returns (file stem, caption) in report order. Images are read
     through the shards (lenshpc.dataset.index.read_items), never through the virtual dataset."""
     from lenshpc.dataset.index import read_index, read_items
     index = read_index(ds.path, truth=False)
     dpi = cfg.evaluate.dpi
+    ds_cfg = ds.config   # the image the test set was made and is re-rendered with
     scale = ds_cfg.image.pixel_scale
     done: list[tuple[str, str]] = []
 

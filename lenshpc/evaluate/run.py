@@ -30,14 +30,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from lenshpc import __version__
-from lenshpc.config import Config, UserError, from_yaml_text
-from lenshpc.config.train import TARGETS
-from lenshpc.evaluate import store
+from lenshpc.config import Config, UserError
+from lenshpc.dataset.columns import TARGETS
+from lenshpc.evaluate import provenance, store
 from lenshpc.evaluate.kernels import (
     first_nonfinite,
     mc_seed,
@@ -46,46 +46,12 @@ from lenshpc.evaluate.kernels import (
     score_chunk,
     settings_text,
 )
-from lenshpc.io import raise_open_file_limit
+from lenshpc.io import is_disk_full, raise_open_file_limit
 from lenshpc.lock import clear_done, exclusive, mark_done
 from lenshpc.parallel import World, split_evenly, world as get_world
-from lenshpc.train.state import weights_sha256
+from lenshpc.runs import find_jobs
 
 __all__ = ["Outcome", "evaluate"]
-
-
-def idle_barrier(world: World, poll_s: float = 0.01) -> None:
-    """A barrier that sleeps while it waits. MPI implementations busy-poll in blocking
-    collectives; a rank that waits there for minutes (rank 0 drawing figures, a rank
-    done early) would take a core from the ranks still working on a shared node."""
-    if world.comm is None:
-        return
-    request = world.comm.Ibarrier()
-    while not request.Test():
-        time.sleep(poll_s)
-
-
-def on_root(world: World, step: Callable[[], Any]) -> Any:
-    """``step()`` on rank 0; its value on every rank, or its UserError raised on every rank."""
-    outcome = None
-    if world.is_root:
-        try:
-            outcome = (True, step())
-        except UserError as exc:
-            outcome = (False, str(exc))
-    idle_barrier(world)   # the others wait without spinning
-    ok, value = world.bcast(outcome)
-    if not ok:
-        raise UserError(value)
-    return value
-
-
-def agree(world: World, problems: list[str]) -> None:
-    """Raise the first of every rank's ``problems`` on every rank (none: return)."""
-    idle_barrier(world)   # ranks done early must not steal CPU from those still working
-    found = list(dict.fromkeys(p for part in world.allgather(problems) for p in part))
-    if found:
-        raise UserError(found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
 
 
 def log(world: World, text: str) -> None:
@@ -106,30 +72,24 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What rank 0 found and every rank works from."""
+class EvaluationPlan:
+    """What rank 0 found and every rank works from. ``given_not_used``: train keys the
+    given config sets to values the evaluated jobs were not trained with, which decide
+    nothing evaluated (:func:`lenshpc.evaluate.provenance.check_jobs`)."""
 
     out_dir: Path
-    ds: store.DatasetInfo
+    ds: store.HeldOutSet
     jobs: list[store.JobRun]
     skipped: list[tuple[str, str]]
     idents: dict[str, dict[str, str]]
     reuse: set[str]
     settings: str
     need_bytes: int
+    given_not_used: list[str]
 
     @property
     def todo(self) -> list[store.JobRun]:
         return [j for j in self.jobs if j.key not in self.reuse]
-
-
-def _dataset_config(ds: store.DatasetInfo, cfg: Config) -> Config:
-    if not ds.config_text:
-        return cfg
-    try:
-        return from_yaml_text(ds.config_text)
-    except UserError as exc:
-        raise UserError(f"the config stored in {ds.path} is not valid: {exc}") from None
 
 
 def _bytes_needed(n_jobs: int, n_test: int, mc: bool, figures: bool) -> int:
@@ -140,36 +100,38 @@ def _bytes_needed(n_jobs: int, n_test: int, mc: bool, figures: bool) -> int:
     return n_jobs * (n_test * per_item + 64 * 1024) + (16 << 20 if figures else 1 << 20)
 
 
-def _plan(cfg: Config, data: str, runs: str, out: str, mc: int,
-          stack: contextlib.ExitStack) -> Plan:
+def _check_inputs(cfg: Config, data: str, runs: str, out: str, mc: int,
+                  stack: contextlib.ExitStack) -> EvaluationPlan:
     """Rank 0's checks (module doc, step 1); the lock stays held by ``stack``."""
     out_dir = store.prepare_out(out, 0)   # before anything else: a read-only REPORT fails now
-    ds = store.read_dataset(data)
-    ds_cfg = _dataset_config(ds, cfg)
-    jobs, skipped = store.find_jobs(runs, [m.name for m in cfg.train.models],
-                                    cfg.train.folds or cfg.dataset.n_folds, ds.checksum)
+    # one config: image and population from the dataset (a given config that differs at a
+    # dataset-defining key is refused), train settings from each job's run.json
+    ds = store.read_held_out(data, cfg)
+    jobs, skipped = find_jobs(runs, [m.name for m in cfg.train.models],
+                              cfg.train.folds or cfg.dataset.n_folds, ds.checksum)
     if not jobs:
         listed = "; ".join(f"{k}: {r}" for k, r in skipped) or "none found"
         raise UserError(f"--runs {runs}: no finished job to evaluate ({listed})")
+    unused = provenance.check_jobs(cfg, jobs)
     need_bytes = _bytes_needed(len(jobs), len(ds.test_index), bool(mc), cfg.evaluate.figures)
     store.prepare_out(out, need_bytes)
     stack.enter_context(exclusive(out_dir, "report"))
     ev = cfg.evaluate
     settings = settings_text(mc_samples=mc, theta_E_min=ev.theta_E_min,
-                             max_ellipticity=ev.max_ellipticity, noise=ds_cfg.image.noise,
-                             seed=cfg.seed, chunk_size=ev.chunk_size, batch_size=ev.batch_size,
+                             max_ellipticity=ev.max_ellipticity, noise=ds.config.image.noise,
+                             seed=ds.config.seed, chunk_size=ev.chunk_size, batch_size=ev.batch_size,
                              ssim_ring_width=ev.ssim_ring_width)
-    # the cache key: the inputs' hashes (for runs without a train marker, also the weights
-    # hash the model was checked against when the cached result was computed)
+    # the cache key: the inputs' hashes ("weights_sha256" is always empty since every
+    # evaluated job has train's marker; kept so that cached results stay valid)
     idents = {j.key: {"model_checksum": j.model_checksum, "dataset_checksum": ds.checksum,
-                      "settings": settings, "weights_sha256": j.weights_sha256 or "",
+                      "settings": settings, "weights_sha256": "",
                       "normalize": store.job_normalize(j)}
               for j in jobs}
     reuse = store.up_to_date_groups(out_dir / store.PREDICTIONS, idents)
-    return Plan(out_dir, ds, jobs, skipped, idents, reuse, settings, need_bytes)
+    return EvaluationPlan(out_dir, ds, jobs, skipped, idents, reuse, settings, need_bytes, unused)
 
 
-def _damaged_shards(ds: store.DatasetInfo, rank: int = 0, size: int = 1) -> list[str]:
+def _damaged_shards(ds: store.HeldOutSet, rank: int = 0, size: int = 1) -> list[str]:
     """This rank's share of the shards holding test items, hashed in full: one line per
     shard whose data no longer match its checksum."""
     shards = ds.test_shards()
@@ -177,37 +139,33 @@ def _damaged_shards(ds: store.DatasetInfo, rank: int = 0, size: int = 1) -> list
     return [p for p in found if p is not None]
 
 
-def _prepare(cfg: Config, ds_cfg: Config, ds: store.DatasetInfo):
+def _prepare(cfg: Config, ds: store.HeldOutSet):
     """TensorFlow (threads set) and the renderer of this rank, before the timed work."""
     import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter
     from lenshpc.evaluate import predict
     from lenshpc.simulate.render import Renderer
     predict.configure_threads(cfg.evaluate.threads)
-    renderer = Renderer(ds_cfg.image)
+    renderer = Renderer(ds.config.image)
     renderer.render_truth(ds.truth_names, ds.truth_test[0])   # loads the compiled renderer
     return renderer
 
 
 def _load(job: store.JobRun, mc: bool):
-    """The job's predictor (its images normalised as in training), its weights checked
-    when no train marker vouched for the file."""
+    """The job's predictor (its images normalised as in training)."""
     from lenshpc.evaluate import predict
     try:
         model = predict.load_model(job.model_file)
     except UserError as exc:
         raise UserError(f"{job.key}: {exc}") from None
-    if job.weights_sha256 and weights_sha256(model.get_weights()) != job.weights_sha256:
-        raise UserError(f"{job.key}: refused, {job.model_file} does not hold the weights train "
-                        f"finished with (their hash differs from run.json's); restore the "
-                        f"job's own model or train it again")
     return predict.Predictor(model, mc=mc, normalize=store.job_normalize(job))
 
 
-def _work(units, mine: range, plan: Plan, ds_cfg: Config, cfg: Config, mc: int,
+def _work(units, mine: range, plan: EvaluationPlan, cfg: Config, mc: int,
           renderer) -> tuple[dict, list[str]]:
     """This rank's units: {(job position, start): arrays}, or the first problem met."""
     ds, todo, ev = plan.ds, plan.todo, cfg.evaluate
+    ds_cfg = ds.config   # the image and population the test set was made with
     out: dict = {}
     current: int | None = None
     predictor: Any = None
@@ -243,7 +201,7 @@ def _work(units, mine: range, plan: Plan, ds_cfg: Config, cfg: Config, mc: int,
     return out, []
 
 
-def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.DatasetInfo, ident: dict,
+def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.HeldOutSet, ident: dict,
               mc_samples: int) -> dict[str, Any]:
     """One job's predictions.h5 entry from its gathered chunks (in test-item order)."""
     starts = sorted(s for (j, s) in chunks if j == jpos)
@@ -263,7 +221,6 @@ def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.DatasetInfo,
 
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp(\.[^.]*)?$")   # io.atomic_path's names
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _written_path(exc: BaseException, out_dir: Path) -> Path | None:
@@ -287,8 +244,9 @@ def write_failure(exc: OSError, out_dir: Path, need_bytes: int, path: Path | Non
     if m := _TEMPORARY.match(name.name):
         name = name.with_name(m.group("name"))
     text = str(exc)
-    full = exc.errno in _FULL or "No space left" in text or "errno = 28" in text
-    reason = ("no space left on the device" if exc.errno != errno.EFBIG and full
+    too_large = exc.errno == errno.EFBIG
+    full = is_disk_full(exc) or too_large
+    reason = ("no space left on the device" if not too_large and full
               else exc.strerror or text.splitlines()[0])
     kept = ("" if name.name == store.PREDICTIONS
             else f"; {store.PREDICTIONS} is kept, so the rerun only writes the report")
@@ -297,7 +255,7 @@ def write_failure(exc: OSError, out_dir: Path, need_bytes: int, path: Path | Non
     return f"cannot write {name}: {reason}; {todo} and run the same command again{kept}"
 
 
-def _write(plan: Plan, chunks: dict, outcome: Outcome, *, cfg: Config, ds_cfg: Config,
+def _write(plan: EvaluationPlan, chunks: dict, outcome: Outcome, *, cfg: Config,
            data: str, runs: str, mc: int, make_report: bool) -> None:
     """Rank 0: predictions.h5, the report, and the report's completion marker last.
     A failed write (disk full, ...) is a UserError naming the path."""
@@ -317,7 +275,8 @@ def _write(plan: Plan, chunks: dict, outcome: Outcome, *, cfg: Config, ds_cfg: C
     from lenshpc.evaluate import report
     try:
         products = report.write_all(
-            out_dir, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=plan.jobs, skipped=plan.skipped,
+            out_dir, cfg=cfg, ds=ds, jobs=plan.jobs, skipped=plan.skipped,
+            given_not_used=plan.given_not_used,
             runs_dir=Path(runs), data_dir=Path(data), mc_samples=mc, outcome=outcome)
         products.append(pred_path)
         mark_done(out_dir, store.REPORT_PRODUCT, products, info={
@@ -338,15 +297,14 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
     if mc == 1 or mc < 0:
         raise UserError(f"--mc-samples {mc}: must be 0 (off) or at least 2")
     with contextlib.ExitStack() as lock:   # held by rank 0 until the end
-        plan: Plan = on_root(world, lambda: _plan(cfg, data, runs, out, mc, lock))
+        plan: EvaluationPlan = world.on_root(lambda: _check_inputs(cfg, data, runs, out, mc, lock))
         ds, todo = plan.ds, plan.todo
-        ds_cfg = _dataset_config(ds, cfg)
         for key, reason in plan.skipped:
             log(world, f"skipping {key}: {reason}")
 
-        agree(world, _damaged_shards(ds, world.rank, world.size))
+        world.agree(_damaged_shards(ds, world.rank, world.size))
         # every input checked: REPORT is rewritten from here on, not done until marked again
-        on_root(world, lambda: clear_done(plan.out_dir, store.REPORT_PRODUCT))
+        world.on_root(lambda: clear_done(plan.out_dir, store.REPORT_PRODUCT))
 
         if plan.reuse:
             log(world, f"{len(plan.reuse)} job(s) already evaluated for the same model file and "
@@ -359,17 +317,21 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
                        + (f", {mc} MC-dropout passes" if mc else ""))
 
         mine = split_evenly(len(units), world.rank, world.size)
-        renderer = _prepare(cfg, ds_cfg, ds) if len(mine) else None
-        idle_barrier(world)
+        renderer = _prepare(cfg, ds) if len(mine) else None
+        world.idle_barrier()
         t0, c0 = time.perf_counter(), time.process_time()
-        local, problems = _work(units, mine, plan, ds_cfg, cfg, mc, renderer) if len(mine) \
+        local, problems = _work(units, mine, plan, cfg, mc, renderer) if len(mine) \
             else ({}, [])
         # CPU time (all threads) says how much work the ranks did, whatever else runs on the node
         cpu = time.process_time() - c0
-        agree(world, problems)
+        world.agree(problems)
         cpu_seconds = sum(world.allgather(cpu))
         gathered = world.gather(local)
         work_seconds = time.perf_counter() - t0
+        if mc and make_report:   # issue 18: coverage on the test set, scales from validation
+            from lenshpc.evaluate import calibration_report, calibration_run
+            measured = calibration_run.measure(plan, cfg, mc, world)
+            world.on_root(lambda: calibration_report.write(plan.out_dir, measured, cfg))
 
         def write() -> None:
             n_images = len(todo) * n_test
@@ -382,10 +344,10 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
                               n_ranks=world.size, work_seconds=work_seconds,
                               cpu_seconds=cpu_seconds, n_images=n_images)
             _write(plan, {k: v for part in gathered or [] for k, v in part.items()}, outcome, cfg=cfg,
-                   ds_cfg=ds_cfg, data=data, runs=runs, mc=mc, make_report=make_report)
+                   data=data, runs=runs, mc=mc, make_report=make_report)
             if make_report:
                 log(world, f"wrote {plan.out_dir / 'report.md'}")
             sys.stdout.flush()
 
-        on_root(world, write)
+        world.on_root(write)
     return 0

@@ -19,41 +19,30 @@ run reuses a group whose key is unchanged and whose values are all finite.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from lenshpc import io
-from lenshpc.config import UserError
-from lenshpc.config.train import job_key, parse_job_key
+from lenshpc.config import Config, UserError
+from lenshpc.config.train import parse_job_key
 from lenshpc.dataset import INDEX, SHARDS
-from lenshpc.dataset.index import (
-    DatasetIndex,
-    check_shard,
-    dataset_checksum,
-    missing_shards,
-    read_index,
-    read_items,
-)
+from lenshpc.dataset.folder import open_dataset
+from lenshpc.dataset.index import DatasetIndex, check_shard, read_items
 from lenshpc.evaluate.kernels import first_nonfinite, true_parameters
-from lenshpc.io import atomic_path, file_sha256
-from lenshpc.lock import check_done, marker_path
-from lenshpc.train.state import JobFiles
+from lenshpc.io import atomic_path
+from lenshpc.runs import MODEL_FILE, TRAIN_PRODUCT, JobRun, find_jobs  # noqa: F401 (the job folder's owner)
 
 PREDICTIONS = "predictions.h5"
 #: Datasets of a job group in predictions.h5.
 ARRAYS = ("index", "true", "pred", "psnr", "mse", "psnr_study", "ssim", "ssim_ring", "clamped",
           "pred_std")
-#: The report folder's completion marker, and train's (written by ``lenshpc train``).
+#: The report folder's completion marker.
 REPORT_PRODUCT = "report"
-TRAIN_PRODUCT = "train"
-MODEL_FILE = JobFiles.MODEL_NAME
 
 
 def _text(v: Any) -> str:
@@ -64,83 +53,86 @@ def _text(v: Any) -> str:
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What evaluate needs to know about a dataset (read on rank 0, broadcast), on top of
-    the one reader of the index (:func:`lenshpc.dataset.index.read_index`, kept as ``index``).
+class HeldOutSet:
+    """The test set of a dataset, as evaluate needs it (read on rank 0, broadcast), over
+    the dataset's one handle (:func:`lenshpc.dataset.folder.open_dataset`, kept as
+    ``index``; its ``config`` is the dataset's own).
 
     ``test_index``: sorted item numbers of the test set (split == -1); ``truth_test`` and
     ``true_test`` their truth rows and true (theta_E, q, e1, e2), row-aligned."""
 
-    path: Path
-    checksum: str
-    n_items: int
     test_index: np.ndarray
-    truth_names: tuple[str, ...]
     truth_test: np.ndarray
     true_test: np.ndarray
-    config_text: str
-    attrs: dict[str, Any] = field(repr=False)
-    index: DatasetIndex | None = field(default=None, repr=False)
+    index: DatasetIndex = field(repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.index.path
+
+    @property
+    def checksum(self) -> str:
+        return self.index.checksum
+
+    @property
+    def n_items(self) -> int:
+        return self.index.n_items
+
+    @property
+    def truth_names(self) -> tuple[str, ...]:
+        return self.index.truth_names
+
+    @property
+    def config(self) -> Config:
+        """The config the dataset was made from: its image and population settings."""
+        return self.index.config
+
+    @property
+    def config_text(self) -> str:
+        return self.index.config_text
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The index's root attributes (versions, seed, ...)."""
+        return self.index.attrs
 
     def test_shards(self) -> list[int]:
         """Numbers of the shards holding at least one test item, in order."""
-        assert self.index is not None
         return sorted({int(k) for k in self.index.shards.of(self.test_index)})
 
     def read_images(self, items: np.ndarray) -> np.ndarray:
         """(n, H, W) float32 images of the items, read shard by shard; UserError naming the
         shard if one is missing, damaged or holds non-finite pixels."""
-        assert self.index is not None
         return read_items(self.index, items)
 
 
-def read_dataset(data_dir: str | os.PathLike) -> DatasetInfo:
-    """Read and check DIR/dataset.h5 (:func:`lenshpc.dataset.index.read_index`: consistent, finite
-    labels), every shard file present with the size the index records, the dataset
-    checksum against the shard table, finite truth of the test items.
+def read_held_out(data_dir: str | os.PathLike, cfg: Config | None = None) -> HeldOutSet:
+    """Open the dataset (:func:`lenshpc.dataset.folder.open_dataset`: finished, every shard
+    present, the checksum, finite labels and, given ``cfg``, made from its dataset-defining
+    sections) and read its test items' truth, which must be finite.
 
-    Raises UserError naming the first bad shard, or why there is no complete dataset."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"--data {data_dir}: no such directory")
-    if not (root / INDEX).is_file():
-        raise UserError(f"--data {data_dir}: no dataset.h5 (the dataset is missing or "
-                        f"incomplete; run lenshpc simulate to finish it)")
-    try:
-        index = read_index(root)
-    except UserError as exc:
-        raise UserError(f"--data {data_dir}: {exc}") from None
-    bad = missing_shards(index)   # one stat per shard
-    if bad:
-        more = f"; {len(bad) - 1} more shard(s) bad" if len(bad) > 1 else ""
-        raise UserError(f"--data {data_dir}: shard {bad[0]}{more}; restore it (lenshpc dataset "
-                        f"verify {data_dir} lists every problem)")
-    if dataset_checksum(index.shards.checksum, index.split) != index.checksum:
-        raise UserError(f"--data {data_dir}: {index.path}: the dataset checksum does not match "
-                        f"its shard table and split (the index is damaged)")
+    Raises UserError naming the first problem."""
+    index = open_dataset(data_dir, cfg, truth=True)
     test_index = np.flatnonzero(index.split == -1).astype(np.int64)
     if test_index.size == 0:
-        raise UserError(f"--data {data_dir}: the dataset has no test items (split == -1)")
+        raise UserError(f"dataset {index.root}: it has no test items (split == -1)")
     for col in ("lens_mass.theta_E", "lens_mass.e1", "lens_mass.e2"):
         if col not in index.truth_names:
-            raise UserError(f"--data {data_dir}: truth has no column {col}")
+            raise UserError(f"dataset {index.root}: truth has no column {col}")
     assert index.truth is not None
     truth_test = index.truth[test_index]
     row = first_nonfinite(truth_test)
     if row is not None:
-        raise UserError(f"--data {data_dir}: {index.path} holds non-finite truth for item "
+        raise UserError(f"dataset {index.root}: {index.path} holds non-finite truth for item "
                         f"{test_index[row]}; the index is damaged (lenshpc dataset verify)")
-    return DatasetInfo(path=index.path, checksum=index.checksum, n_items=index.n_items,
-                       test_index=test_index, truth_names=index.truth_names,
-                       truth_test=truth_test, true_test=true_parameters(
-                           index.labels[test_index], truth_test, index.truth_names),
-                       config_text=index.config_text, attrs=index.attrs, index=index)
+    return HeldOutSet(test_index=test_index, truth_test=truth_test, index=index,
+                   true_test=true_parameters(index.labels[test_index], truth_test,
+                                             index.truth_names))
 
 
-def shard_data_problem(ds: DatasetInfo, k: int) -> str | None:
+def shard_data_problem(ds: HeldOutSet, k: int) -> str | None:
     """One line if shard ``k`` is not what the index records (read and hashed in full:
     :func:`lenshpc.dataset.index.check_shard`), or None."""
-    assert ds.index is not None
     problem = check_shard(ds.index, k)
     if problem is None:
         return None
@@ -150,120 +142,7 @@ def shard_data_problem(ds: DatasetInfo, k: int) -> str | None:
 
 
 # --------------------------------------------------------------------------- the runs
-
-
-@dataclass(frozen=True)
-class JobRun:
-    """One finished training job under RUNS.
-
-    ``model_checksum``: sha256 of its model.keras, checked against train's record.
-    ``weights_sha256``: when train left no completion marker, the weights hash run.json
-    records, checked once the model is loaded (None when the marker vouched for the file)."""
-
-    model: str
-    fold: int
-    job: int
-    directory: Path
-    run: dict = field(repr=False)
-    model_checksum: str = ""
-    weights_sha256: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Its group in predictions.h5 and its path under RUNS: ``<model>/fold-<k>``."""
-        return job_key(self.model, self.fold)
-
-    @property
-    def model_file(self) -> Path:
-        return self.directory / MODEL_FILE
-
-
-def _checked_job(runs_dir, key: str, directory: Path, run: dict) -> tuple[str, str | None]:
-    """(sha256 of model.keras, weights hash still to check or None) of a finished job whose
-    files are what train recorded; UserError when they are not."""
-    where = f"--runs {runs_dir}: {key}"
-    done = check_done(directory, TRAIN_PRODUCT)
-    if done:   # train's marker lists model.keras with its sha256, just checked
-        record = json.loads(marker_path(directory, TRAIN_PRODUCT).read_text())
-        entry = record["files"].get(MODEL_FILE)
-        if not entry or "sha256" not in entry:
-            raise UserError(f"{where}: {marker_path(directory, TRAIN_PRODUCT).name} does not "
-                            f"list {MODEL_FILE} with its sha256; retrain the job")
-        return str(entry["sha256"]), None
-    if marker_path(directory, TRAIN_PRODUCT).exists():
-        raise UserError(f"{where}: refused, the job is not what train finished: {done.reason}; "
-                        f"restore its files or train it again")
-    # No marker (a run of an older lenshpc, or train stopped just before writing it): check
-    # what run.json records, the file's hash now, else the weights' once the model is loaded.
-    recorded = run.get("model_sha256")
-    checksum = file_sha256(directory / MODEL_FILE)
-    if recorded:
-        if str(recorded) != checksum:
-            raise UserError(f"{where}: refused, {MODEL_FILE} is not the model train saved (its "
-                            f"sha256 differs from run.json model_sha256); restore the job's own "
-                            f"model or train it again")
-        return checksum, None
-    weights = run.get("model_weights_sha256") or run.get("weights_sha256")
-    weights = weights if isinstance(weights, list) else [weights] if weights else []
-    if not weights or len(set(weights)) != 1:
-        raise UserError(f"{where}: refused, {MODEL_FILE} cannot be checked (no "
-                        f"{marker_path(directory, TRAIN_PRODUCT).name} and run.json records "
-                        f"{'no' if not weights else 'disagreeing'} model or weights hash)")
-    return checksum, str(weights[0])
-
-
-def find_jobs(runs_dir: str | os.PathLike, model_names, n_folds: int | Sequence[int],
-              dataset_checksum: str) -> tuple[list[JobRun], list[tuple[str, str]]]:
-    """Finished jobs under RUNS, and the skipped ones as (``<model>/fold-<k>``, reason).
-
-    Expected jobs are the config's grid (``model_names`` x ``n_folds``); other
-    ``<model>/fold-<k>/run.json`` found under RUNS are evaluated too. Finished jobs come
-    in grid order (config models first, then others by name), fold by fold. A job is
-    finished when train's completion marker holds (else, for runs without a marker,
-    when run.json says so and model.keras exists). Raises UserError if RUNS is missing,
-    a run was trained on another dataset or its files are not what train recorded."""
-    runs = Path(runs_dir)
-    if not runs.is_dir():
-        raise UserError(f"--runs {runs_dir}: no such directory")
-    order = {name: i for i, name in enumerate(model_names)}
-    folds = range(n_folds) if isinstance(n_folds, int) else n_folds   # train.folds
-    keys = {(m, k) for m in model_names for k in folds}
-    for p in runs.glob(f"*/fold-*/{JobFiles.RUN_JSON_NAME}"):
-        try:
-            keys.add(parse_job_key(f"{p.parent.parent.name}/{p.parent.name}"))
-        except ValueError:
-            continue
-    finished, skipped = [], []
-    for model, fold in sorted(keys, key=lambda mk: (order.get(mk[0], len(order)), mk[0], mk[1])):
-        key = job_key(model, fold)
-        directory = runs / key
-        run_json = JobFiles(directory).run_json
-        if not run_json.is_file():
-            skipped.append((key, "missing (no run.json)"))
-            continue
-        run = io.read_json(run_json)
-        if run is None:
-            skipped.append((key, "unreadable run.json (not a JSON object)"))
-            continue
-        theirs = run.get("dataset_checksum")
-        if theirs is not None and str(theirs) != dataset_checksum:
-            raise UserError(f"--runs {runs_dir}: {key} was trained on another dataset "
-                            f"(run.json dataset_checksum {str(theirs)[:12]}..., dataset.h5 has "
-                            f"{dataset_checksum[:12]}...)")
-        marked = marker_path(directory, TRAIN_PRODUCT).exists()
-        if not marked and run.get("finished") is not True:
-            done = run.get("epochs_done")
-            done_text = f" ({done} epochs done)" if done is not None else ""
-            skipped.append((key, "unfinished" + done_text))
-            continue
-        if not marked and not (directory / MODEL_FILE).is_file():
-            skipped.append((key, f"finished but {MODEL_FILE} is missing"))
-            continue
-        model_checksum, weights = _checked_job(runs_dir, key, directory, run)
-        finished.append(JobRun(model=model, fold=fold, job=int(run.get("job", -1)),
-                               directory=directory, run=run, model_checksum=model_checksum,
-                               weights_sha256=weights))
-    return finished, skipped
+# (found and checked by lenshpc.runs.find_jobs, re-exported here)
 
 
 def job_normalize(job: JobRun) -> str:

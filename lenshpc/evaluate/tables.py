@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lenshpc.config.train import TARGETS, parse_job_key
+from lenshpc.config.train import parse_job_key
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import metrics
 
 PSNR_COLUMNS = ("model", "fold", "psnr_median", "psnr_mean", "mse_mean", "n", "n_inf",

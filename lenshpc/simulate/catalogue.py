@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lenshpc.config import UserError
-from lenshpc.config.simulate import Population, value_allowed, values_refused
+from lenshpc.config.population import Population, value_allowed, values_refused
 from lenshpc.simulate.population import parameter_names
 
 

@@ -1,4 +1,4 @@
-"""``lenshpc simulate`` and ``lenshpc dataset info|verify``.
+"""``lenshpc simulate`` (``lenshpc dataset info|verify`` is :mod:`lenshpc.dataset.cli`).
 
 Launch under MPI as ``mpirun -n N python -m mpi4py -m lenshpc simulate ...``; without a
 launcher everything runs in one process. No TensorFlow is imported here.
@@ -7,17 +7,13 @@ launcher everything runs in one process. No TensorFlow is imported here.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 
 def register(sub) -> None:
-    """Add ``simulate`` and ``dataset`` (each unless the dispatcher already added a stub)."""
+    """Add ``simulate`` (unless the dispatcher already added it)."""
     if "simulate" not in sub.choices:
         _register_simulate(sub)
-    if "dataset" not in sub.choices:
-        _register_dataset(sub)
 
 
 def _register_simulate(sub) -> None:
@@ -32,19 +28,6 @@ def _register_simulate(sub) -> None:
                    help="replace a dataset in DIR made from a different config")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.set_defaults(func=simulate_command)
-
-
-def _register_dataset(sub) -> None:
-    d = sub.add_parser("dataset", help="inspect or verify a dataset")
-    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-    i = dsub.add_parser("info", help="size, shapes, parameter ranges, folds, completeness")
-    i.add_argument("dir", metavar="DIR")
-    i.add_argument("--json", action="store_true", help="print JSON")
-    i.set_defaults(func=info_command)
-    v = dsub.add_parser("verify", help="check every shard's checksum and the index against the "
-                                       "shards (exit 1 if any is bad; runs under mpirun)")
-    v.add_argument("dir", metavar="DIR")
-    v.set_defaults(func=verify_command)
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -82,28 +65,3 @@ def simulate_command(args: argparse.Namespace) -> int:
             print(f"{out}: dataset of {n} images complete ({wall:.1f} s on {w.size} rank(s), "
                   f"writing {100 * summary['write_share']:.1f}% of rank time)")
     return 0
-
-
-def info_command(args: argparse.Namespace) -> int:
-    from lenshpc.cli import world_rank
-    from lenshpc.io import raise_open_file_limit
-    from lenshpc.simulate.dataset import info, info_text
-    raise_open_file_limit()
-    data = info(Path(args.dir))
-    if world_rank() == 0:
-        print(json.dumps(data, indent=1) if args.json else info_text(data))
-    return 0
-
-
-def verify_command(args: argparse.Namespace) -> int:
-    from lenshpc.io import raise_open_file_limit
-    from lenshpc.parallel import world
-    from lenshpc.simulate.dataset import verify
-    raise_open_file_limit()
-    w = world()
-    problems, summary = verify(Path(args.dir), w)
-    if w.is_root:
-        for line in problems:
-            print(line, file=sys.stderr)
-        print(summary)
-    return 1 if problems else 0

@@ -4,20 +4,18 @@ The identity of a dataset is the fingerprint of the config sections that define 
 content and of the catalogue's bytes (:func:`fingerprint`), kept in ``simulate.json``
 beside ``config.yaml``. Rank 0 takes the folder's lock (one writer per dataset, held for
 the whole run, :func:`take_folder`), then inspects the directory: config identity, free
-space, shards already complete (:func:`plan`). Its verdict, a :class:`Plan`, is
+space, shards already complete (:func:`plan_shards`). Its verdict, a :class:`ShardPlan`, is
 broadcast to every rank; a refusal is one line and nothing is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -25,17 +23,18 @@ from lenshpc import __version__, io, lock
 from lenshpc.config import Config, UserError, loads, to_plain
 from lenshpc.config.schema import first_difference
 from lenshpc.dataset import CONFIG, INDEX, SHARDS
+from lenshpc.dataset.folder import PRODUCT, dataset_done, shard_ranges
+from lenshpc.dataset.identity import (  # noqa: F401 (canonical_part, fingerprint re-exported)
+    DATASET_SECTIONS,
+    STATE,
+    canonical_part,
+    dataset_part,
+    fingerprint,
+)
 from lenshpc.dataset.shards import estimate_bytes, shard_info, shard_intact, shard_path
 from lenshpc.parallel import World
 from lenshpc.simulate import population as pop
-from lenshpc.simulate.dataset import PRODUCT, dataset_done, shard_ranges
 from lenshpc.simulate.render import TRUTH_NAMES
-
-#: The config sections that define a dataset's content (the rest do not change it).
-DATASET_SECTIONS = ("seed", "image", "dataset", "population")
-#: Bookkeeping file next to config.yaml: fingerprint and catalogue digest.
-STATE = "simulate.json"
-
 
 # --------------------------------------------------------------------------- config
 
@@ -49,50 +48,11 @@ def with_n_images(cfg: Config, n_images: int | None) -> Config:
     return loads(data, source="--n-images")
 
 
-def dataset_part(cfg: Config) -> dict[str, Any]:
-    """The plain data of the sections that define a dataset's content (see
-    :func:`canonical_part`)."""
-    plain = to_plain(cfg)
-    return canonical_part({k: plain[k] for k in DATASET_SECTIONS})
-
-
-def canonical_part(part: dict[str, Any]) -> dict[str, Any]:
-    """``part`` (plain dataset-defining sections) without the keys that do not change the
-    content as set (the adaptive threshold in full supersampling), nor the keys added after
-    datasets were first made while they hold the value that reproduces those datasets: a
-    dataset made before they existed keeps its fingerprint (it resumes, and a rerun finds
-    it complete)."""
-    part = dict(part)
-    image = part.get("image")
-    if isinstance(image, dict) and image.get("supersampling_mode", "full") == "full":
-        part["image"] = {k: v for k, v in image.items()
-                         if k not in ("supersampling_mode", "adaptive_threshold")}
-    dataset = part.get("dataset")
-    if isinstance(dataset, dict) and dataset.get("split", "random") == "random":
-        dataset = part["dataset"] = {k: v for k, v in dataset.items() if k != "split"}
-    if isinstance(dataset, dict) and dataset.get("shard_size") is not None:
-        part["dataset"] = {k: v for k, v in dataset.items() if k not in ("shard_mb", "min_shards")}
-    population = part.get("population")
-    if isinstance(population, dict) and population.get("catalogue_columns", None) is None:
-        part["population"] = population = {k: v for k, v in population.items()
-                                           if k != "catalogue_columns"}
-    if isinstance(population, dict) and population.get("lens_light_shape", "own") == "own":
-        part["population"] = {k: v for k, v in population.items() if k != "lens_light_shape"}
-    return part
-
-
-def fingerprint(cfg: Config, catalogue_sha256: str | None) -> str:
-    """sha256 (hex) of the dataset-defining config and the catalogue's bytes."""
-    text = yaml.safe_dump({"config": dataset_part(cfg), "catalogue": catalogue_sha256},
-                          sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------- plan
 
 
 @dataclass(frozen=True)
-class Plan:
+class ShardPlan:
     """What rank 0 found in the output directory, broadcast to every rank."""
 
     error: str | None = None
@@ -166,15 +126,15 @@ def space_problem(out: Path, cfg: Config) -> str | None:
             + "; free space, choose another --out, or simulate fewer images")
 
 
-def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
+def plan_shards(out: Path, cfg: Config, fp: str, overwrite: bool) -> ShardPlan:
     """Rank 0, holding the lock: check ``out`` against this config, prepare it, list the
     shards left to do.
 
     Refusals (different config without --overwrite, a foreign non-empty folder, too
-    little free space, an unwritable place) come back as ``Plan(error=...)`` before
+    little free space, an unwritable place) come back as ``ShardPlan(error=...)`` before
     anything is written. The dataset is complete only when :func:`dataset_done` holds."""
     if out.exists() and not out.is_dir():
-        return Plan(error=f"--out {out} exists and is not a directory")
+        return ShardPlan(error=f"--out {out} exists and is not a directory")
     state_file = out / STATE
     if out.is_dir() and not overwrite:
         if state_file.is_file():
@@ -182,22 +142,22 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
                 state = json.loads(state_file.read_text())
                 old = yaml.safe_load((out / CONFIG).read_text())
             except (OSError, ValueError, yaml.YAMLError):
-                return Plan(error=f"--out {out} holds a damaged dataset (unreadable {STATE} or "
+                return ShardPlan(error=f"--out {out} holds a damaged dataset (unreadable {STATE} or "
                                   f"{CONFIG}); use --overwrite to replace it")
             if state.get("fingerprint") != fp:
                 old_part = canonical_part({k: (old or {}).get(k) for k in DATASET_SECTIONS})
                 diff = first_difference(old_part, dataset_part(cfg)) or "the catalogue file changed"
-                return Plan(error=f"--out {out} holds a dataset made from a different config "
+                return ShardPlan(error=f"--out {out} holds a dataset made from a different config "
                                   f"({diff}); use --overwrite to replace it")
             if dataset_done(out):
-                return Plan(complete=True)
+                return ShardPlan(complete=True)
         elif any(p.name != lock.LOCK_NAME for p in out.iterdir()):
             what = "an incomplete dataset" if _is_dataset_dir(out) else "files that are not a lenshpc dataset"
-            return Plan(error=f"--out {out} already holds {what}; choose an empty or new "
+            return ShardPlan(error=f"--out {out} already holds {what}; choose an empty or new "
                               f"folder, or use --overwrite")
     refusal = space_problem(out, cfg)
     if refusal:
-        return Plan(error=refusal)
+        return ShardPlan(error=refusal)
     try:
         if overwrite and out.is_dir():
             _remove_products(out)
@@ -212,7 +172,7 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
         for stale in (out / SHARDS).glob(".shard-*.tmp*"):  # left by killed ranks
             stale.unlink(missing_ok=True)
     except OSError as exc:
-        return Plan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
+        return ShardPlan(error=f"cannot write to --out {out}: {exc.strerror or exc}")
     ranges = shard_ranges(cfg)
     todo, done = [], []
     for k, r in enumerate(ranges):
@@ -222,7 +182,7 @@ def plan(out: Path, cfg: Config, fp: str, overwrite: bool) -> Plan:
             done.append(k)
         else:
             todo.append(k)
-    return Plan(todo=tuple(todo), done=tuple(done))
+    return ShardPlan(todo=tuple(todo), done=tuple(done))
 
 
 def shards_to_redo(out: Path, done: tuple[int, ...], world: World) -> list[int]:

@@ -21,17 +21,14 @@ import numpy as np
 from scipy import special
 
 from lenshpc.config import UserError
-from lenshpc.config.simulate import (
-    Distribution,
+from lenshpc.config.distribution import Distribution
+from lenshpc.config.population import (
     Population,
     parameter_fields,
     value_allowed,
     values_refused,
 )
-from lenshpc.simulate.render import TRUTH_NAMES
-
-#: Label columns (the network's targets), in order.
-LABEL_NAMES: tuple[str, ...] = ("theta_E", "q", "e1", "e2")
+from lenshpc.dataset.columns import LABEL_NAMES, TRUTH_NAMES  # noqa: F401 (re-exported)
 
 #: Streams of an item's generator: population draws and noise draws.
 POPULATION_STREAM, NOISE_STREAM = 0, 1
@@ -42,16 +39,58 @@ COMPONENTS = ("lens_mass", "lens_light", "source_light")
 ALLOWED_NAMES = frozenset(parameter_fields())
 
 
+#: Optional parameters (null: not drawn), drawn after all the others so that a config
+#: without them draws exactly what it drew before they existed.
+OPTIONAL = ("mag",)
+
+
 def parameter_names(population: Population) -> tuple[str, ...]:
-    """Names ``<component>.<parameter>`` of the population's distributions, in draw order."""
+    """Names ``<component>.<parameter>`` of the population's parameters a catalogue may
+    give (every one, the optional magnitudes included), in draw order."""
     return tuple(f"{c}.{f.name}" for c in COMPONENTS
                  for f in dataclasses.fields(getattr(population, c)))
 
 
 def distributions(population: Population) -> dict[str, Distribution]:
-    """``{<component>.<parameter>: Distribution}`` in draw order."""
-    return {f"{c}.{f.name}": getattr(getattr(population, c), f.name)
-            for c in COMPONENTS for f in dataclasses.fields(getattr(population, c))}
+    """``{<component>.<parameter>: Distribution}`` in draw order: the required parameters,
+    then the optional ones the config gives (``mag``)."""
+    fields = [(c, f.name) for c in COMPONENTS for f in dataclasses.fields(getattr(population, c))]
+    out = {f"{c}.{n}": getattr(getattr(population, c), n) for c, n in fields if n not in OPTIONAL}
+    out.update({f"{c}.{n}": getattr(getattr(population, c), n) for c, n in fields
+                if n in OPTIONAL and getattr(getattr(population, c), n) is not None})
+    return out
+
+
+def magnitude_amplitudes(values: dict[str, np.ndarray], zero_point: float) -> None:
+    """Replace ``<light>.amp`` by the SERSIC_ELLIPSE amplitude whose total flux (e-/s) is
+    that of ``<light>.mag`` at ``zero_point``, for the lights that have a magnitude, with
+    lenstronomy's ``SimAPI.magnitude2amplitude`` (in place)."""
+    from lenstronomy.SimulationAPI.sim_api import SimAPI
+    lights = [c for c in ("lens_light", "source_light") if f"{c}.mag" in values]
+    if not lights:
+        return
+    sim = SimAPI(num_pix=8, kwargs_single_band={"pixel_scale": 0.1, "exposure_time": 1.0,
+                                               "magnitude_zero_point": zero_point},
+                 kwargs_model={"lens_light_model_list": ["SERSIC_ELLIPSE"],
+                               "source_light_model_list": ["SERSIC_ELLIPSE"]})
+    n = len(values[f"{lights[0]}.mag"])
+    e = {c: ellipticity(values[f"{c}.q"], values[f"{c}.phi"]) for c in lights}
+
+    def kw(c: str, i: int) -> list[dict]:
+        if c not in lights:
+            return [{"amp": 1.0, "R_sersic": 1.0, "n_sersic": 1.0, "e1": 0.0, "e2": 0.0,
+                     "center_x": 0.0, "center_y": 0.0, "magnitude": 99.0}]
+        return [{"magnitude": float(values[f"{c}.mag"][i]), "R_sersic": float(values[f"{c}.R_sersic"][i]),
+                 "n_sersic": float(values[f"{c}.n_sersic"][i]), "e1": float(e[c][0][i]),
+                 "e2": float(e[c][1][i]), "center_x": 0.0, "center_y": 0.0}]
+    amps = {c: np.empty(n) for c in lights}
+    for i in range(n):
+        lens_light, source, _ = sim.magnitude2amplitude(kw("lens_light", i), kw("source_light", i))
+        for c, got in (("lens_light", lens_light), ("source_light", source)):
+            if c in lights:
+                amps[c][i] = got[0]["amp"]
+    for c in lights:
+        values[f"{c}.amp"] = amps[c]
 
 
 def item_rng(seed: int, index: int, stream: int = POPULATION_STREAM) -> np.random.Generator:
@@ -139,12 +178,15 @@ def draw(population: Population, seed: int, indices: np.ndarray | range) -> dict
 
 
 def sample(population: Population, seed: int, indices: np.ndarray | range,
-           catalogue: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           catalogue: dict[str, np.ndarray] | None = None,
+           zero_point: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Truth rows and labels of items ``indices`` (see :func:`systems`).
 
     With a ``catalogue`` (``{parameter name: (rows,) array}``, see
     :mod:`lenshpc.simulate.catalogue`), item i takes its parameters from row i; parameters
-    the catalogue lacks are drawn from the population's distributions."""
+    the catalogue lacks are drawn from the population's distributions. A light with a
+    magnitude (``mag``, drawn or from the catalogue) gets the amplitude of that total flux
+    in e-/s at ``zero_point`` (:func:`magnitude_amplitudes`)."""
     values = draw(population, seed, indices)
     if catalogue:
         idx = np.asarray(list(indices), dtype=np.int64)
@@ -154,6 +196,12 @@ def sample(population: Population, seed: int, indices: np.ndarray | range,
     if population.lens_light_shape == "mass":
         values["lens_light.q"] = values["lens_mass.q"]
         values["lens_light.phi"] = values["lens_mass.phi"]
+    mags = [k for k in values if k.endswith(".mag")]
+    if mags:
+        if zero_point is None:
+            raise UserError(f"{mags[0]}: magnitudes need image.zero_point (or an "
+                            f"image.observation preset)")
+        magnitude_amplitudes(values, zero_point)
     return systems(values)
 
 

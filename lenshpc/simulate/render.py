@@ -35,20 +35,8 @@ import numpy as np
 
 from lenshpc.config import UserError
 from lenshpc.config.simulate import Image
+from lenshpc.dataset.columns import KWARGS, MODELS, TRUTH_NAMES  # noqa: F401 (the dataset's layout)
 from lenshpc.simulate.fused import lensed_flux, needs_supersampling
-
-#: lenstronomy model of each component
-MODELS = {"lens_mass": "SIE", "lens_light": "SERSIC_ELLIPSE", "source_light": "SERSIC_ELLIPSE"}
-
-#: lenstronomy keyword arguments of each component, in the order of the truth columns
-KWARGS = {
-    "lens_mass": ("theta_E", "e1", "e2", "center_x", "center_y"),
-    "lens_light": ("amp", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y"),
-    "source_light": ("amp", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y"),
-}
-
-#: Column names of a ``truth`` row: ``<component>.<lenstronomy kwarg>``.
-TRUTH_NAMES: tuple[str, ...] = tuple(f"{c}.{k}" for c, ks in KWARGS.items() for k in ks)
 
 
 def truth_to_kwargs(names: Sequence[str | bytes], row: Sequence[float]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -83,15 +71,68 @@ def psf_kwargs(image: Image) -> dict:
         return {"psf_type": "NONE"}
     if image.psf == "gaussian":
         return {"psf_type": "GAUSSIAN", "fwhm": image.psf_fwhm, "pixel_size": image.pixel_scale}
-    return {"psf_type": "PIXEL", "kernel_point_source": load_psf_kernel(image.psf_kernel)}
+    return {"psf_type": "PIXEL",
+            "kernel_point_source": load_psf_kernel(image.psf_kernel, image.pixel_scale)}
 
 
-def load_psf_kernel(path: str | None) -> np.ndarray:
-    """A pixel PSF kernel from a ``.npy`` file: 2-d, odd side, finite, positive sum."""
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+
+
+def fits_pixel_scale(header) -> float | None:
+    """Pixel scale (arcsec) of a FITS header: its celestial WCS, else a PIXSCALE or
+    PIXSCAL1 keyword (arcsec); None when it states none."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2)
+        except Exception:  # noqa: BLE001 - astropy raises many types for a bad WCS
+            wcs = None
+    if wcs is not None and wcs.has_celestial:
+        scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0   # degrees -> arcsec
+        return float(np.mean(scales))
+    for key in ("PIXSCALE", "PIXSCAL1"):
+        if key in header:
+            return float(header[key])
+    return None
+
+
+def _read_fits_kernel(path: str, pixel_scale: float | None) -> np.ndarray:
+    """The first 2-d image HDU of FITS file ``path``, its pixel scale checked."""
+    from astropy.io import fits
     try:
-        kernel = np.load(str(path), allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        with fits.open(path, memmap=False) as hdus:
+            hdu = next((h for h in hdus if h.data is not None and np.ndim(h.data) == 2), None)
+            if hdu is None:
+                raise UserError(f"image.psf_kernel: {path} has no 2-d image HDU")
+            data, scale = np.array(hdu.data, dtype=np.float64), fits_pixel_scale(hdu.header)
+    except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"image.psf_kernel: cannot read {path}: {exc}") from None
+    if pixel_scale is not None:
+        if scale is None:
+            raise UserError(f"image.psf_kernel: {path} states no pixel scale (no celestial "
+                            f"WCS, PIXSCALE or PIXSCAL1); the image's is {pixel_scale:g} arcsec")
+        if abs(scale - pixel_scale) > 0.01 * pixel_scale:
+            raise UserError(f"image.psf_kernel: {path} has pixels of {scale:g} arcsec, the "
+                            f"image {pixel_scale:g} arcsec (image.pixel_scale); resample the "
+                            f"kernel to the image's pixels")
+    return data
+
+
+def load_psf_kernel(path: str | None, pixel_scale: float | None = None) -> np.ndarray:
+    """A pixel PSF kernel from a ``.npy`` or FITS file (:data:`FITS_SUFFIXES`; the FITS
+    pixel scale must be ``pixel_scale`` (arcsec) within 1% when that is given): 2-d, odd
+    side, finite, positive sum."""
+    if str(path).lower().endswith(FITS_SUFFIXES):
+        kernel = _read_fits_kernel(str(path), pixel_scale)
+    else:
+        try:
+            kernel = np.load(str(path), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"image.psf_kernel: cannot read {path}: {exc}") from None
     if (kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0
             or not np.all(np.isfinite(kernel)) or not kernel.sum() > 0):
         raise UserError(f"image.psf_kernel: {path} must hold a square 2-d array of odd side "
@@ -124,12 +165,17 @@ def add_noise(model: np.ndarray, image: Image, rng: np.random.Generator) -> np.n
     Poisson noise in lenstronomy's Gaussian approximation, sigma = sqrt(|model| / t)
     for ``image.exposure_time`` t (s); Gaussian background with sigma =
     ``image.background_rms`` x the noise-free maximum. Draw order is fixed (Poisson,
-    then background) so an item's noise depends only on its generator."""
+    then background, then sky, dark current and read noise) so an item's noise depends only
+    on its generator. The sky and dark current are subtracted, their Poisson noise kept:
+    Gaussian with sigma ``image.background_sigma`` (counts/s)."""
     noisy = np.array(model, dtype=np.float64)
     if image.exposure_time is not None:
         noisy += rng.standard_normal(model.shape) * np.sqrt(np.abs(model) / image.exposure_time)
     if image.background_rms > 0:
         noisy += rng.standard_normal(model.shape) * (image.background_rms * float(np.max(model)))
+    sigma = image.background_sigma
+    if sigma > 0:
+        noisy += rng.standard_normal(model.shape) * sigma
     return noisy
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from lenshpc import __version__, io, lock
 from lenshpc.config import Config, UserError
 from lenshpc.dataset import CONFIG, INDEX
+from lenshpc.dataset.folder import PRODUCT, shard_ranges
 from lenshpc.dataset.index import write_index
 from lenshpc.dataset.shards import (
     estimate_bytes,
@@ -36,15 +37,15 @@ from lenshpc.dataset.shards import (
     shard_path,
     write_shard,
 )
-from lenshpc.parallel import Progress, World
+from lenshpc.parallel import World
+from lenshpc.progress import Progress
 from lenshpc.simulate import population as pop
-from lenshpc.simulate.dataset import PRODUCT, shard_ranges
 from lenshpc.simulate.plan import (
     STATE,
-    Plan,
+    ShardPlan,
     dataset_bytes,
     fingerprint,
-    plan,
+    plan_shards,
     shards_to_redo,
     take_folder,
 )
@@ -63,7 +64,8 @@ def render_items(renderer: Renderer, cfg: Config, indices: range,
     """Images (n, H, W) float32, labels (n, 4) float32, truth (n, P) float64 of ``indices``.
 
     Item i depends only on (cfg.seed, i); ``on_item()`` is called after each image."""
-    truth, labels = pop.sample(cfg.population, cfg.seed, indices, catalogue)
+    truth, labels = pop.sample(cfg.population, cfg.seed, indices, catalogue,
+                               zero_point=cfg.image.zero_point)
     images = np.empty((len(indices), cfg.image.size, cfg.image.size), np.float32)
     for j, i in enumerate(indices):
         rng = pop.item_rng(cfg.seed, i, pop.NOISE_STREAM) if cfg.image.noise else None
@@ -138,14 +140,16 @@ def _simulate(cfg: Config, out: Path, world: World, held: contextlib.ExitStack, 
     stream = sys.stderr if stream is None else stream
     t0 = time.perf_counter()
     fp = fingerprint(cfg, catalogue_sha256)
-    the_plan = None
-    if world.is_root:
+
+    def decide() -> ShardPlan:
         refusal = take_folder(out, overwrite, held)
-        the_plan = Plan(error=refusal) if refusal else plan(out, cfg, fp, overwrite)
+        verdict = ShardPlan(error=refusal) if refusal else plan_shards(out, cfg, fp, overwrite)
+        if verdict.error:
+            raise UserError(verdict.error)
+        return verdict
+
     # Every rank gets rank 0's verdict before any work: all refuse together or all start.
-    the_plan = world.bcast(the_plan)
-    if the_plan.error:
-        raise UserError(the_plan.error)
+    the_plan = world.on_root(decide)
     summary: dict[str, Any] = {"complete_before": the_plan.complete, "n_images": cfg.dataset.n_images}
     if the_plan.complete:
         return summary

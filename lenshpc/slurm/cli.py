@@ -1,13 +1,12 @@
-"""Sub-commands ``slurm`` (render, submit, env), ``run`` and ``config`` (check, docs)."""
+"""Sub-commands ``slurm`` (render, submit, env) and ``run`` (``config`` is :mod:`lenshpc.config.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from lenshpc.config import UserError, load, schema_markdown
+from lenshpc.config import UserError, load
 from lenshpc.config.train import jobs
 
 
@@ -63,17 +62,17 @@ def _slurm_check(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from lenshpc.slurm.env import from_environ
+    from lenshpc.env import from_environ
     env = from_environ()
     print(json.dumps(env.as_dict(), indent=1) if args.json else env.describe(), flush=True)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lenshpc.parallel import under_launcher
+    from lenshpc.env import launch_env
     from lenshpc.slurm.local import run
     from lenshpc.slurm.workdir import Workdir
-    if under_launcher():
+    if launch_env().under_launcher:
         raise UserError("lenshpc run starts its own mpirun for each stage; "
                         "start it without mpirun/srun/horovodrun")
     cfg = load(args.config)
@@ -81,26 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     return run(cfg, Workdir(args.workdir.resolve()), args.np, args.train_launcher, say=say)
 
 
-def _check(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    if args.resolved:
-        sys.stdout.write(cfg.to_yaml_text())
-        return 0
-    d, grid = cfg.dataset, jobs(cfg.train, cfg.dataset.n_folds)
-    print(f"{args.config}: valid. Study {cfg.name!r}: {d.n_images} images of "
-          f"{cfg.image.size}x{cfg.image.size} pixels, {d.n_folds} folds + {d.n_test} test; "
-          f"{len(cfg.train.models)} models x {d.n_folds} folds = {len(grid)} training jobs "
-          f"(Slurm array 0-{len(grid) - 1})")
-    return 0
-
-
-def _docs(args: argparse.Namespace) -> int:
-    sys.stdout.write(schema_markdown())
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``slurm``, ``run`` and ``config`` (those not registered yet)."""
+    """Add ``slurm`` and ``run`` (those not registered yet)."""
     if "slurm" not in subparsers.choices:
         p = subparsers.add_parser("slurm", help="render or submit the sbatch chain",
                                   description="The pipeline as Slurm jobs: simulate -> train "
@@ -140,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         e.add_argument("--json", action="store_true", help="all fields as JSON")
         e.set_defaults(func=_env)
     if "run" not in subparsers.choices:
-        from lenshpc.slurm.local import usable_cores
+        from lenshpc.launch import usable_cores
         p = subparsers.add_parser("run", help="run the whole pipeline on this machine",
                                   description="simulate, train every job, evaluate: each under "
                                   "mpirun with N processes, skipping what WORKDIR already holds.")
@@ -152,14 +133,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--train-launcher", choices=("mpirun", "horovodrun"), default="mpirun",
                        help="how training starts its Horovod ranks (default: mpirun)")
         p.set_defaults(func=_run)
-    if "config" not in subparsers.choices:
-        p = subparsers.add_parser("config", help="check a config or print the config reference",
-                                  description="Check a config file, or print docs/config.md.")
-        sub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
-        c = sub.add_parser("check", help="validate a config and summarise it")
-        c.add_argument("config", type=Path, help="YAML config")
-        c.add_argument("--resolved", action="store_true",
-                       help="print the resolved config (every key, defaults filled in)")
-        c.set_defaults(func=_check)
-        d = sub.add_parser("docs", help="print the reference of every key (docs/config.md)")
-        d.set_defaults(func=_docs)

@@ -1,7 +1,8 @@
 """``lenshpc run``: the whole pipeline on one machine, each stage under its own launcher.
 
 simulate and evaluate run under ``mpirun -n N python -m mpi4py -m lenshpc ...``; each
-unfinished training job in turn under ``mpirun`` (or ``horovodrun``) with N Horovod ranks.
+unfinished training job in turn under ``mpirun`` (or ``horovodrun``) with N Horovod ranks
+(the lines of :func:`lenshpc.launch.stage_argv`).
 Stages already complete are skipped (by their completion markers, as ``lenshpc slurm
 submit`` does), so an interrupted run continues where it stopped when started again.
 
@@ -13,59 +14,17 @@ stage's status (75 for a training job stopped at a checkpoint). See
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
-from pathlib import Path
 from typing import Callable, Literal
 
 from lenshpc.config import Config, UserError
 from lenshpc.config.train import jobs
-from lenshpc.parallel import EXIT_STOPPED, HOROVODRUN_BINDING
+from lenshpc.launch import launcher_env, local_argv, usable_cores
+from lenshpc.parallel import EXIT_STOPPED
 from lenshpc.slurm.supervise import Supervisor
 from lenshpc.slurm.workdir import Workdir, prepare, progress
 
 TrainLauncher = Literal["mpirun", "horovodrun"]
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def launcher_env(environ: dict[str, str] | None = None, uid: int | None = None) -> dict[str, str]:
-    """The environment for the stages: this Python's bin first on PATH; as root, the
-    variables without which Open MPI refuses to start."""
-    env = dict(os.environ if environ is None else environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if (os.getuid() if uid is None else uid) == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return env
-
-
-def stage_command(stage: str, args: list[str], np_: int, cores: int,
-                  launcher: TrainLauncher = "mpirun") -> list[str]:
-    """The command running ``lenshpc STAGE ARGS`` with ``np_`` processes. Pure.
-
-    One process runs without a launcher; more run under mpirun (``--oversubscribe``
-    when they outnumber the cores) or, for training, optionally horovodrun."""
-    python = sys.executable
-    if np_ == 1:
-        return [python, "-m", "lenshpc", stage, *args]
-    if launcher == "horovodrun":
-        horovodrun = Path(python).parent / "horovodrun"
-        return [str(horovodrun) if horovodrun.exists() else "horovodrun", "-np", str(np_),
-                "-H", f"localhost:{np_}", f"--binding-args={HOROVODRUN_BINDING}",
-                python, "-m", "lenshpc", stage, *args]
-    # --bind-to none: the stages' own threads (TensorFlow, BLAS) may use every core.
-    cmd = ["mpirun", "-n", str(np_), "--bind-to", "none"]
-    if np_ > cores:
-        cmd.append("--oversubscribe")
-    return cmd + [python, "-m", "mpi4py", "-m", "lenshpc", stage, *args]
 
 
 def run(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher = "mpirun",
@@ -91,7 +50,8 @@ def _pipeline(cfg: Config, wd: Workdir, np_: int, train_launcher: TrainLauncher,
     def step(title: str, stage: str, args: list[str], launcher: TrainLauncher = "mpirun") -> int:
         if supervisor.stop:
             return EXIT_STOPPED
-        cmd = stage_command(stage, common + args, np_, cores, launcher)
+        # One process runs without a launcher (lenshpc.launch has the launch lines).
+        cmd = local_argv(stage, common + args, np_, launcher if np_ > 1 else None, cores)
         say(f"lenshpc run: {title}: {' '.join(cmd)}")
         status = supervisor.run(title, cmd, env)
         if status == EXIT_STOPPED:

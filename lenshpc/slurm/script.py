@@ -17,7 +17,8 @@ from typing import Iterable, Literal, Mapping
 from lenshpc.config import Config
 from lenshpc.config.slurm import MpiJob, Slurm
 from lenshpc.config.train import jobs
-from lenshpc.parallel import EXIT_STOPPED, HOROVODRUN_BINDING
+from lenshpc.launch import shell_line, stage_argv
+from lenshpc.parallel import EXIT_STOPPED
 
 Stage = Literal["simulate", "train", "evaluate"]
 STAGES: tuple[Stage, ...] = ("simulate", "train", "evaluate")
@@ -154,15 +155,10 @@ def _prologue(cfg: Config, setup: tuple[str, ...], launcher: str) -> list[str]:
     return lines
 
 
-def _mpi_launch(cfg: Config, launcher: str, cpus_per_task: int) -> list[str]:
-    if launcher == "srun":
-        # Slurm 22.05's srun does not inherit --cpus-per-task from the job: repeat it.
-        return (["srun"] + ([f"--mpi={cfg.slurm.srun_mpi}"] if cfg.slurm.srun_mpi else [])
-                + ([f"--cpus-per-task={cpus_per_task}"] if cpus_per_task > 1 else []))
-    # mpirun reads the allocation from Slurm; without --bind-to none, Open MPI pins each
-    # rank to one core even when --cpus-per-task gave it more.
-    bind = ["--bind-to", "none"] if cpus_per_task > 1 else []
-    return ["mpirun", "-n", '"$SLURM_NTASKS"', *bind]
+def _mpi_launch(cfg: Config, stage: Stage, launcher: str, cpus_per_task: int) -> str:
+    """The launch line of an MPI job's ranks: mpirun reads the allocation from Slurm."""
+    return shell_line(stage_argv(stage, launcher=launcher, np="$SLURM_NTASKS",
+                                 cpus_per_rank=cpus_per_task, srun_mpi=cfg.slurm.srun_mpi))
 
 
 def _command(words: list[str], args: list[tuple[str, str]], tail: str = "") -> list[str]:
@@ -218,16 +214,16 @@ _DESCRIPTION = {
 
 
 def _simulate(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
-    launch = _mpi_launch(cfg, cfg.slurm.mpi_launcher, cfg.slurm.simulate.cpus_per_task)
+    launch = _mpi_launch(cfg, "simulate", cfg.slurm.mpi_launcher, cfg.slurm.simulate.cpus_per_task)
     return [*_prologue(cfg, setup, cfg.slurm.mpi_launcher),
-            *_command([*launch, "python -m mpi4py -m lenshpc simulate"],
+            *_command([launch],
                       [("--config", _q(paths.config)), ("--out", _q(paths.dataset))])]
 
 
 def _evaluate(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
-    launch = _mpi_launch(cfg, cfg.slurm.mpi_launcher, cfg.slurm.evaluate.cpus_per_task)
+    launch = _mpi_launch(cfg, "evaluate", cfg.slurm.mpi_launcher, cfg.slurm.evaluate.cpus_per_task)
     return [*_prologue(cfg, setup, cfg.slurm.mpi_launcher),
-            *_command([*launch, "python -m mpi4py -m lenshpc evaluate"],
+            *_command([launch],
                       [("--config", _q(paths.config)), ("--data", _q(paths.dataset)),
                        ("--runs", _q(paths.runs)), ("--out", _q(paths.report))])]
 
@@ -241,8 +237,7 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
             f'hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/\\$/:{per_node}/" '
             "| paste -sd, -)",
         ]
-        words = ["horovodrun", "-np", str(t.ranks), "-H", '"$hosts"',
-                 f"--binding-args='{HOROVODRUN_BINDING}'", "python -m lenshpc train"]
+        words = [shell_line(stage_argv("train", launcher="horovodrun", np=t.ranks, hosts="$hosts"))]
         forward = [
             "# horovodrun itself dies of USR1: signal the training processes it started.",
             "descendants() { local c; for c in $(pgrep -P \"$1\"); do echo \"$c\"; "
@@ -259,8 +254,7 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         ]
     else:
         launch = []
-        words = [*_mpi_launch(cfg, t.launcher, t.cpus_per_task),
-                 "python -m mpi4py -m lenshpc train"]
+        words = [_mpi_launch(cfg, "train", t.launcher, t.cpus_per_task)]
         forward = [
             f"# {t.launcher} passes USR1 and TERM on to every rank.",
             'forward_to_launcher() { kill -s "$1" "$launcher" 2>/dev/null || true; }',

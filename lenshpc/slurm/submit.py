@@ -1,10 +1,12 @@
 """Render the three scripts into ``W/slurm`` and submit what is missing as a chain.
 
 simulate -> train array (``afterok`` on simulate) -> evaluate (``afterok`` on the whole
-array). Stages already done are left out: no simulate when ``dataset.h5`` exists, an
-array over the unfinished jobs only, no evaluate when the report is newer than every
-finished run. ``--kill-on-invalid-dep=yes`` removes a dependent job whose dependency
-failed, so the queue empties and a later submission can pick up from there.
+array). Stages already done are left out, as their completion markers say
+(:func:`lenshpc.slurm.workdir.progress`): no simulate when the dataset's marker says it
+is complete, an array over the unfinished jobs only, no evaluate when the report is
+current (finished, made from the dataset and models finished now, newer than the config).
+``--kill-on-invalid-dep=yes`` removes a dependent job whose dependency failed, so the
+queue empties and a later submission can pick up from there.
 """
 
 from __future__ import annotations

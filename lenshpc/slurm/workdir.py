@@ -20,10 +20,11 @@ import yaml
 from lenshpc.config import Config, UserError, from_yaml_text, to_plain
 from lenshpc.config.schema import first_difference
 from lenshpc.config.train import jobs
+from lenshpc.dataset.folder import dataset_done
 from lenshpc.io import atomic_write_text
 from lenshpc.lock import Done, check_done, marker_path
+from lenshpc.runs import JobFiles, job_done
 from lenshpc.slurm.script import Paths, Stage
-from lenshpc.train.state import JobFiles
 
 #: Sections a workdir's config may change between submissions: they do not change
 #: what the dataset or the trained models are (evaluate is redone when they change).
@@ -76,10 +77,12 @@ PRODUCTS: dict[Stage, str] = {"simulate": "dataset", "train": "train", "evaluate
 
 def stage_done(stage: Stage, folder: Path) -> Done:
     """Whether ``stage``'s product in ``folder`` is finished and intact: the predicate the
-    stage itself uses (the dataset's also checks the shards its marker lists)."""
+    stage itself uses: :func:`lenshpc.dataset.folder.dataset_done` (which also checks the
+    shards its marker lists), :func:`lenshpc.runs.job_done` for a train job."""
     if stage == "simulate":
-        from lenshpc.simulate.dataset import dataset_done
         return dataset_done(folder)
+    if stage == "train":
+        return job_done(folder)
     return check_done(folder, PRODUCTS[stage])
 
 

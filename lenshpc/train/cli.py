@@ -71,7 +71,7 @@ def job_table(cfg: Config) -> str:
 def main(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     if args.list_jobs:
-        from lenshpc.parallel import launch_env
+        from lenshpc.env import launch_env
         if launch_env().rank == 0:
             print(job_table(cfg), flush=True)
         return 0

@@ -16,60 +16,27 @@ from typing import Iterator
 
 import numpy as np
 
-from lenshpc import io
-from lenshpc.config import Config, UserError
-from lenshpc.config.train import TARGETS
-from lenshpc.dataset import INDEX, SHARDS, index as dataset_index
-from lenshpc.dataset.index import DatasetIndex, missing_shards, read_index
+from lenshpc.config import Config
+from lenshpc.dataset import folder as dataset_folder, index as dataset_index
+from lenshpc.dataset.columns import TARGETS
+from lenshpc.dataset.index import DatasetIndex, read_index
 from lenshpc.parallel import split_evenly
 
 #: Salt of the generator of the per-epoch order (keeps it apart from simulate's streams).
 _ORDER_SALT = 0x7472_6169  # "trai"
 
-#: What train knows about a complete dataset: the index (small arrays only, no truth).
+#: What train knows about a complete dataset: the dataset's one handle (small arrays
+#: only, no truth), opened and checked by :func:`lenshpc.dataset.folder.open_dataset`.
 #: ``path`` (dataset.h5), ``checksum``, ``n_items``, ``image_shape``, ``n_folds``,
 #: ``split`` (N,) int8 (fold 0..K-1 or -1, test), ``labels`` (N, 4) float32 in physical
-#: units (theta_E arcsec; q, e1, e2 dimensionless), all finite.
-DatasetInfo = DatasetIndex
+#: units (theta_E arcsec; q, e1, e2 dimensionless), all finite; ``config`` the dataset's own.
 
 
-def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetInfo:
-    """Check ``DATA/dataset.h5`` against the contract and the config; UserError on any problem.
-
-    Reads the index only (labels, split, shard table, attributes); every shard file must
-    exist with the size the index records, and the dataset must be finished (its marker)."""
-    from lenshpc.simulate.dataset import dataset_done
-    io.raise_open_file_limit()
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise UserError(f"dataset directory not found: {root}")
-    path = root / INDEX
-    if not path.is_file():
-        if (root / SHARDS).is_dir():
-            raise UserError(f"dataset {root} is incomplete (no {INDEX} yet); finish it by running "
-                            f"the same lenshpc simulate command again")
-        raise UserError(f"no dataset in {root} ({INDEX} not found)")
-    index = read_index(root, truth=False)
-    if index.label_names != TARGETS:
-        raise UserError(f"dataset {path}: labels are {', '.join(index.label_names) or 'unnamed'}; "
-                        f"expected {', '.join(TARGETS)}")
-    size = cfg.image.size
-    if index.image_shape != (size, size):
-        h, w = index.image_shape
-        raise UserError(f"dataset {path} has images of {h}x{w} pixels but the config says "
-                        f"image.size {size}")
-    if index.n_folds != cfg.dataset.n_folds:
-        raise UserError(f"dataset {path} has {index.n_folds} folds but the config says "
-                        f"dataset.n_folds {cfg.dataset.n_folds}")
-    problems = missing_shards(index)
-    if problems:
-        raise UserError(f"dataset {root}: {len(problems)} shard file(s) are missing or changed, "
-                        f"e.g. {problems[0]}; run lenshpc dataset verify {root}")
-    done = dataset_done(root, hashed=False)
-    if not done:
-        raise UserError(f"dataset {root} is not finished ({done.reason}); run the same "
-                        f"lenshpc simulate command again")
-    return index
+def open_dataset(data_dir: str | Path, cfg: Config) -> DatasetIndex:
+    """The finished dataset in ``data_dir``, made from ``cfg``'s dataset-defining sections
+    (seed, image, dataset, population: compared as simulate compares them); UserError
+    naming the first problem (:func:`lenshpc.dataset.folder.open_dataset`)."""
+    return dataset_folder.open_dataset(data_dir, cfg)
 
 
 # --------------------------------------------------------------------------- folds and targets
@@ -111,11 +78,11 @@ def steps_per_epoch(n_items: int, batch_size: int, size: int) -> int:
 # --------------------------------------------------------------------------- reading
 
 
-def read_items(path: str | Path | DatasetInfo, indices: np.ndarray, block_bytes: int = 256 << 20
+def read_items(path: str | Path | DatasetIndex, indices: np.ndarray, block_bytes: int = 256 << 20
                ) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W, 1) float32 and labels (n, 4) float32 of the global ``indices``.
 
-    ``path`` is the dataset's ``dataset.h5`` (or directory, or its :class:`DatasetInfo`).
+    ``path`` is the dataset's ``dataset.h5`` (or directory, or its :class:`DatasetIndex`).
     Images come from the shards that hold the items, opened one at a time, in contiguous
     slabs of at most ``block_bytes``; labels from the index. UserError naming the shard if
     one is missing, truncated or damaged."""

@@ -1,8 +1,9 @@
 """Which device a training rank uses, decided from plain inputs (no TensorFlow here).
 
-A job that was given GPUs (by Slurm or ``CUDA_VISIBLE_DEVICES``) must train on one: if
-TensorFlow sees none, the job stops with one line instead of running many times slower
-on the CPU and "succeeding". ``train.device``: ``auto`` (a GPU when GPUs were given),
+A job that was given GPUs (by Slurm or ``CUDA_VISIBLE_DEVICES``, as
+:func:`lenshpc.env.gpus_given` reads them) must train on one: if TensorFlow sees none,
+the job stops with one line instead of running many times slower on the CPU and
+"succeeding". ``train.device``: ``auto`` (a GPU when GPUs were given),
 ``gpu`` (always require one), ``cpu`` (hide GPUs).
 """
 
@@ -11,22 +12,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from lenshpc.config import UserError
-
-#: Variables through which a scheduler or the user hands GPUs to a job.
-GPU_VARS = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
-
-
-def gpus_given(env: Mapping[str, str]) -> dict[str, str]:
-    """The GPU variables that hand this job GPUs (non-empty, not "0" GPUs, not "-1"/"none")."""
-    out = {}
-    for var in GPU_VARS:
-        value = env.get(var, "").strip()
-        if not value or value.lower() in ("none", "nodevfiles", "-1"):
-            continue
-        if var == "SLURM_GPUS_ON_NODE" and value == "0":
-            continue
-        out[var] = value
-    return out
+from lenshpc.env import gpus_given
 
 
 def choose_device(setting: str, env: Mapping[str, str], tf_gpus: Sequence[str],

@@ -3,8 +3,9 @@
 :class:`StopRequest` turns SIGTERM/SIGUSR1 into a flag the training loop checks between
 steps. :func:`init_horovod` starts Horovod, checks and pins the device by local rank (a
 job given GPUs never falls back to the CPU silently; see :mod:`lenshpc.train.device`)
-and shares the node's CPU threads among its ranks. :func:`memory_limit_bytes` is what
-``train.input: auto`` weighs a rank's share against.
+and shares the node's CPU threads among its ranks; :class:`HorovodComm` carries the
+ranks' agreement (:class:`lenshpc.parallel.World`) over Horovod.
+:func:`memory_limit_bytes` is what ``train.input: auto`` weighs a rank's share against.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lenshpc.config import UserError
-from lenshpc.parallel import launch_env
+from lenshpc.env import launch_env
 
 # --------------------------------------------------------------------------- signals
 
@@ -102,9 +103,29 @@ def init_horovod(threads_per_rank: int | None, device: str = "auto",
     return tf, hvd, record, problem
 
 
+class HorovodComm:
+    """The collectives of :class:`lenshpc.parallel.World` over Horovod's: in a training
+    process Horovod owns MPI (with mpi4py's collectives beside its background thread, Open
+    MPI crashed now and then), or there is none (horovodrun --gloo). For more than one rank."""
+
+    def __init__(self, hvd_tf: Any):
+        self._hvd, self._calls = hvd_tf, 0
+
+    def _name(self, what: str) -> str:
+        # Every rank makes the same calls in the same order, so the names match.
+        self._calls += 1
+        return f"lenshpc.world.{what}.{self._calls}"
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return self._hvd.allgather_object(obj, name=self._name("allgather"))
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self._hvd.broadcast_object(obj, root_rank=root, name=self._name("bcast"))
+
+
 def launch_facts(hvd: Any) -> dict[str, Any]:
     """How this rank was started, for run.json: the launcher whose variables it sees
-    (:func:`lenshpc.parallel.launch_env`; ``none`` without one), Horovod's controller
+    (:func:`lenshpc.env.launch_env`; ``none`` without one), Horovod's controller
     (``mpi`` or ``gloo``) and, when MPI is in use, the MPI library's first line
     (e.g. ``Open MPI v5.0.8, ...``)."""
     controller = "mpi" if hvd.mpi_enabled() else "gloo" if hvd.gloo_enabled() else "none"

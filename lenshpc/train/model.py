@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from lenshpc.config.train import TARGETS, DropoutModel, Network
+from lenshpc.config.train import DropoutModel, Network
+from lenshpc.dataset.columns import TARGETS
 
 layers = tf.keras.layers
 

@@ -21,10 +21,12 @@ import numpy as np
 from lenshpc.config import Config, UserError
 from lenshpc.config.schema import first_difference, to_plain
 from lenshpc.config.train import ARCHITECTURE_DEFAULTS, Job, Network
-from lenshpc.lock import check_done, exclusive
-from lenshpc.parallel import launch_env
+from lenshpc.dataset.index import DatasetIndex
+from lenshpc.env import launch_env
+from lenshpc.lock import exclusive
+from lenshpc.runs import JobFiles, job_done
 from lenshpc.train import data
-from lenshpc.train.state import Checkpoint, CheckpointError, JobFiles, load_checkpoint, read_json
+from lenshpc.train.state import Checkpoint, CheckpointError, load_checkpoint, read_json
 
 
 def launcher_rank() -> int:
@@ -90,7 +92,7 @@ class JobPlan:
 
     cfg: Config
     job: Job
-    dataset: data.DatasetInfo
+    dataset: DatasetIndex
     files: JobFiles
     epochs: int
     train_items: np.ndarray
@@ -164,7 +166,7 @@ def plan_job(cfg: Config, job: Job, data_dir: str | Path, runs: str | Path,
             raise UserError(f"{files.root} was started with other settings ({diff}); use "
                             f"another --out or remove that directory")
         done = state.epochs_done
-        finished = bool(check_done(files.root, JobFiles.PRODUCT))
+        finished = bool(job_done(files.root))
         if finished and state.early_stopped:
             plan.finished_note = (f"{plan.name} is finished: it stopped early after epoch "
                                   f"{done} (val_loss did not improve); nothing to do")

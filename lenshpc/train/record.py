@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lenshpc import __version__
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.io import atomic_path, file_sha256
 from lenshpc.lock import mark_done
 from lenshpc.train.state import (

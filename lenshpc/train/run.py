@@ -30,9 +30,9 @@ import numpy as np
 
 from lenshpc.config import UserError
 from lenshpc.lock import clear_done
-from lenshpc.parallel import EXIT_STOPPED
+from lenshpc.parallel import EXIT_STOPPED, World
 from lenshpc.train import data
-from lenshpc.train.edge import StopRequest, init_horovod, memory_limit_bytes
+from lenshpc.train.edge import HorovodComm, StopRequest, init_horovod, memory_limit_bytes
 from lenshpc.train.plan import JobPlan, launcher_rank
 from lenshpc.train.preprocess import normalize
 from lenshpc.train.state import (
@@ -66,13 +66,14 @@ class Inputs:
     sample: np.ndarray         # validation images whose predictions run.json records
 
 
-def _inputs(plan: JobPlan, rank: int, size: int, local_size: int, device: dict[str, Any],
-            first_epoch: int, tf, hvd_tf) -> Inputs:
+def _inputs(plan: JobPlan, world: World, local_size: int, device: dict[str, Any],
+            first_epoch: int) -> Inputs:
     """This rank's share of the fold as tf.data datasets, in memory or streamed
     (train.input), and on a GPU held there or prefetched to it."""
     from lenshpc.train import stream
     from lenshpc.train.device import choose_input, place_share
     cfg, t = plan.cfg, plan.cfg.train
+    rank, size = world.rank, world.size
     train_ids = data.rank_share(plan.train_items, rank, size)
     val_ids = data.rank_share(plan.val_items, rank, size)
     h, w = plan.dataset.image_shape
@@ -102,7 +103,11 @@ def _inputs(plan: JobPlan, rank: int, size: int, local_size: int, device: dict[s
     block = t.read_block_mb << 20
     x_train, y_train = data.read_items(plan.dataset, train_ids, block)
     x_val, y_val = data.read_items(plan.dataset, val_ids, block)
-    _agree_finite(plan, x_train, x_val, size, tf, hvd_tf)
+    # Shards are checked as they are read; this is the last guard before training.
+    finite = np.isfinite(x_train).all() and np.isfinite(x_val).all()
+    world.agree([] if finite else [f"dataset {plan.dataset.path}: some images read as NaN (a "
+                                   f"shard file is damaged or was replaced); run lenshpc "
+                                   f"dataset verify"])
     normalize(x_train, t.normalize, out=x_train)
     normalize(x_val, t.normalize, out=x_val)
     buffer = ((data.file_order(plan.dataset.split, plan.job.fold), t.shuffle_buffer)
@@ -255,21 +260,22 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
     import horovod.tensorflow as hvd_tf
     rank, size = hvd.rank(), hvd.size()
     root = rank == 0
-    _agree(plan, problem, size, tf, hvd_tf)
+    world = World(rank, size, HorovodComm(hvd_tf) if size > 1 else None)
+    world.agree(_verdict(plan, problem, size), tally=False)
     if root:
         clear_done(plan.files.root, JobFiles.PRODUCT)
 
     # 2. Data: this rank's share of the fold, in memory or streamed from its shards.
     ckpt = plan.checkpoint
     first_epoch = ckpt.state.epochs_done if ckpt else 0
-    inputs = _inputs(plan, rank, size, hvd.local_size(), device, first_epoch, tf, hvd_tf)
+    inputs = _inputs(plan, world, hvd.local_size(), device, first_epoch)
 
     # 3. Model (the same initial weights on every rank and for every dropout model of a
     # fold; dropout from generators whose state is checkpointed) and optimizer (learning
     # rate scaled by the number of ranks, gradients averaged).
     model, optimizer, scaled_lr, settings = _compile(plan, size, device, inputs.steps, tf, hvd)
     device = {**device, "input": inputs.mode, "placement": inputs.placement, **settings}
-    plan.devices = hvd_tf.allgather_object(device, name="devices") if size > 1 else [device]
+    plan.devices = world.allgather(device)
 
     # 4. State: a new job, or the checkpoint's (weights, optimizer, dropout generators).
     from lenshpc.train.model import set_rng_states
@@ -281,6 +287,13 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
         state = ckpt.state
         if root:
             say(f"{plan.name}: resuming after epoch {first_epoch} on {size} rank(s)")
+            before = state.sessions[-1]["n_ranks"] if state.sessions else None
+            if before is not None and before != size:
+                # Each rank's share and the order of the summed gradients depend on the
+                # rank count: the same job, not the same bits.
+                say(f"{plan.name}: the checkpoint was written on {before} rank(s), this run "
+                    f"has {size}: the continuation is valid but not bit-identical to an "
+                    f"uninterrupted run on {before}")
     else:
         state = TrainState(key=plan.key)
         if root:
@@ -323,9 +336,7 @@ def run_job(plan: JobPlan, stop: StopRequest | None = None) -> int:
 
     # 7. Save (rank 0): every rank holds the same weights; their checksums show it.
     from lenshpc.train.state import weights_sha256
-    digests = [weights_sha256(model.get_weights())]
-    if size > 1:
-        digests = hvd_tf.allgather_object(digests[0], name="weights_sha256")
+    digests = world.allgather(weights_sha256(model.get_weights()))
     if root:
         with _disk_full_is_one_line(plan, model):
             recorder.finish(_final_model(plan, model), digests, inputs.sample,
@@ -355,8 +366,9 @@ def _disk_full_is_one_line(plan: JobPlan, model):
                         f"whole epoch") from None
 
 
-def _agree(plan: JobPlan, problem: str | None, size: int, tf, hvd_tf) -> None:
-    """One verdict for all ranks: rank 0's lock, every rank's device, the rank count."""
+def _verdict(plan: JobPlan, problem: str | None, size: int) -> list[str]:
+    """This rank's say on the plan (rank 0's lock, every rank's device, the rank count):
+    its first problem, if any, for :meth:`World.agree`."""
     job = plan.job
     reasons = [r for r in (plan.refusal, problem) if r]
     if len(plan.train_items) // size < 1:
@@ -365,18 +377,4 @@ def _agree(plan: JobPlan, problem: str | None, size: int, tf, hvd_tf) -> None:
     if len(plan.val_items) < size:
         reasons.append(f"fold {job.fold} has {len(plan.val_items)} validation items, fewer "
                        f"than the {size} ranks")
-    if size > 1:
-        gathered = hvd_tf.allgather_object(reasons[0] if reasons else "", name="plan_verdict")
-        reasons = [r for r in gathered if r]
-    if reasons:
-        raise UserError(reasons[0])
-
-
-def _agree_finite(plan: JobPlan, x_train, x_val, size: int, tf, hvd_tf) -> None:
-    # Shards are checked as they are read; this is the last guard before training.
-    bad = int(not (np.isfinite(x_train).all() and np.isfinite(x_val).all()))
-    if size > 1:
-        bad = int(hvd_tf.allreduce(tf.constant(bad), op=hvd_tf.Sum, name="bad_input").numpy())
-    if bad:
-        raise UserError(f"dataset {plan.dataset.path}: some images read as NaN (a shard file "
-                        f"is damaged or was replaced); run lenshpc dataset verify")
+    return reasons[:1]

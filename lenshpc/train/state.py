@@ -15,12 +15,13 @@ a reader (or a restarted job) sees the old version or the new one, never half of
     .lenshpc.lock    held by the one process that trains the job
     logs/            TensorBoard event files
 
+The folder's file names, its "finished" predicate and the weights hash belong to
+:mod:`lenshpc.runs` (re-exported here); this module writes and reads the files.
 Pure Python + numpy: no TensorFlow needed to read any of it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -30,49 +31,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from lenshpc.io import atomic_path, atomic_write_text, read_json  # noqa: F401 (re-exported)
+from lenshpc.runs import JobFiles, weights_sha256  # noqa: F401 (the job folder's owner)
 
 #: Columns of history.csv, in order (the contract with evaluate).
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mae", "val_mae", "lr")
-
-
-@dataclass(frozen=True)
-class JobFiles:
-    """Paths of one job's products."""
-
-    root: Path
-
-    #: File names inside a job folder (the contract with evaluate and the Slurm chain).
-    MODEL_NAME = "model.keras"
-    RUN_JSON_NAME = "run.json"
-    HISTORY_NAME = "history.csv"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.npz"
-
-    @property
-    def history(self) -> Path:
-        return self.root / self.HISTORY_NAME
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / self.RUN_JSON_NAME
-
-    @property
-    def model(self) -> Path:
-        return self.root / self.MODEL_NAME
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    #: Name of the job's completion marker (lenshpc.lock): ``train.done.json``.
-    PRODUCT = "train"
-
-    @property
-    def finished_products(self) -> tuple[Path, ...]:
-        """The files the completion marker lists."""
-        return (self.model, self.run_json, self.history)
 
 
 def write_history(path: Path, rows: Sequence[dict[str, float]]) -> None:
@@ -92,15 +54,6 @@ def history_text(rows: Sequence[dict[str, float]]) -> str:
         lines.append(",".join(str(int(row[c])) if c == "epoch" else repr(float(row[c]))
                               for c in HISTORY_COLUMNS))
     return "\n".join(lines) + "\n"
-
-
-def weights_sha256(weights: Sequence[np.ndarray]) -> str:
-    """sha256 (hex) over the bytes of a model's weight arrays in order: the hash run.json
-    records (``model_weights_sha256`` of model.keras, ``weights_sha256`` of each rank)."""
-    h = hashlib.sha256()
-    for w in weights:
-        h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
 
 
 def read_history(path: Path) -> dict[str, np.ndarray] | None:

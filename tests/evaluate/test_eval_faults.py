@@ -167,46 +167,38 @@ def test_find_jobs_order_and_reasons(tmp_path):
     job("model2", 0)
     job("extra", 0)
     job("model1", 1)
-    (job("model1", 0, marked=False) / "model.keras").unlink()
+    job("model1", 0, marked=False)                  # run.json says finished, no marker
     job("model2", 1, marked=False, finished=False, epochs_done=4)
     (tmp_path / "model3" / "fold-0").mkdir(parents=True)
     (tmp_path / "model3" / "fold-0" / "run.json").write_text("{broken")
     found, skipped = store.find_jobs(tmp_path, ["model1", "model2", "model3"], 2, "abc")
     assert [j.key for j in found] == ["model1/fold-1", "model2/fold-0", "extra/fold-0"]
-    # the marker vouches for the file: its sha256, no weights left to check
+    # the marker vouches for the file: its sha256
     assert found[0].model_checksum == file_sha256(tmp_path / "model1" / "fold-1" / "model.keras")
-    assert found[0].weights_sha256 is None
     reasons = dict(skipped)
-    assert reasons["model1/fold-0"] == "finished but model.keras is missing"
+    assert reasons["model1/fold-0"].startswith("not finished: run.json says finished but there "
+                                               "is no train.done.json")
     assert reasons["model2/fold-1"] == "unfinished (4 epochs done)"
     assert reasons["model3/fold-0"].startswith("unreadable run.json")
     assert reasons["model3/fold-1"] == "missing (no run.json)"
 
 
 def test_find_jobs_checks_model_files_against_train(tmp_path):
-    """Marker first; without one, run.json's model_sha256, else its weights hash (checked
-    once loaded); a job that cannot be checked, or does not match, is refused."""
+    """Only train's marker makes a job finished: without one (whatever run.json records)
+    the job is skipped; with one, its files must be the ones it lists, else refused."""
     d = tmp_path / "model1" / "fold-0"
     d.mkdir(parents=True)
     (d / "model.keras").write_bytes(b"model bytes")
     run = {"finished": True, "dataset_checksum": "abc"}
-
-    def find(**extra):
+    for extra in ({}, {"weights_sha256": ["w" * 64] * 2},
+                  {"model_sha256": file_sha256(d / "model.keras")}):
         (d / "run.json").write_text(json.dumps({**run, **extra}))
-        return store.find_jobs(tmp_path, ["model1"], 1, "abc")[0]
-
-    with pytest.raises(UserError, match="cannot be checked"):
-        find()
-    assert find(weights_sha256=["w" * 64, "w" * 64])[0].weights_sha256 == "w" * 64
-    with pytest.raises(UserError, match="cannot be checked"):
-        find(weights_sha256=["w" * 64, "v" * 64])       # ranks of train disagreed
-    assert find(model_sha256=file_sha256(d / "model.keras"))[0].weights_sha256 is None
-    with pytest.raises(UserError, match="model.keras is not the model train saved"):
-        find(model_sha256="0" * 64)
+        found, skipped = store.find_jobs(tmp_path, ["model1"], 1, "abc")
+        assert found == [] and "no train.done.json" in dict(skipped)["model1/fold-0"]
     (d / "run.json").write_text(json.dumps(run))          # no hash in run.json, but a marker
     mark_done(d, "train", ["model.keras", "run.json"])
     [job], _ = store.find_jobs(tmp_path, ["model1"], 1, "abc")
-    assert job.model_checksum == file_sha256(d / "model.keras") and job.weights_sha256 is None
+    assert job.model_checksum == file_sha256(d / "model.keras")
     (d / "model.keras").write_bytes(b"another model")
     with pytest.raises(UserError, match="model1/fold-0: refused, the job is not what train finished"):
         store.find_jobs(tmp_path, ["model1"], 1, "abc")

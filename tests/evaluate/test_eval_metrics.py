@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special
 
 from lenshpc.evaluate import metrics as M
 
@@ -15,10 +15,19 @@ def test_nmad_of_large_normal_sample_is_its_sigma():
     rng = np.random.default_rng(1)
     d = rng.normal(0.3, 0.05, 200_000)
     assert M.nmad(d) == pytest.approx(0.05, rel=0.01)
-    # independent: scipy's normal-scaled MAD (scale 1/Phi^-1(3/4) = 1.482602...)
-    assert M.nmad(d) == pytest.approx(stats.median_abs_deviation(d, scale="normal"), rel=1e-4)
+    # independent: the MAD by sorting, over Phi^-1(3/4) from the error function's inverse
+    mad = np.sort(np.abs(d - np.sort(d)[[99_999, 100_000]].mean()))[[99_999, 100_000]].mean()
+    assert M.nmad(d) == pytest.approx(mad / (math.sqrt(2) * special.erfinv(0.5)), rel=1e-12)
     # the 16-84 half width of a normal sample is its sigma too
     assert M.sigma68(d) == pytest.approx(0.05, rel=0.01)
+
+
+def test_nmad_and_sigma_of_a_hand_computed_sample():
+    d = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    # median 3; |d - 3| = 2, 1, 0, 1, 7, median 1; Phi^-1(3/4) = 0.6744897501960817
+    assert M.nmad(d) == pytest.approx(1 / 0.6744897501960817, rel=1e-12)
+    # P16 and P84 by linear interpolation between order statistics: ranks 0.64 and 3.36
+    assert M.sigma68(d) == pytest.approx(((4 + 0.36 * 6) - (1 + 0.64 * 1)) / 2, rel=1e-12)
 
 
 def test_r2_is_one_for_perfect_and_matches_the_definition():
@@ -54,9 +63,9 @@ def test_parameter_metrics_on_known_inputs():
     assert m.mae == pytest.approx(0.5)
     assert m.bias == pytest.approx(0.25)
     assert m.median_bias == pytest.approx(0.5)
-    d = yhat - y
-    assert m.sigma == pytest.approx((np.percentile(d, 84) - np.percentile(d, 16)) / 2)
-    assert m.nmad == pytest.approx(1.4826 * np.median(np.abs(d - np.median(d))))
+    # d sorted: -.5, .5, .5, .5; P16 at rank 0.48 is -0.02, P84 at rank 2.52 is 0.5
+    assert m.sigma == pytest.approx((0.5 - -0.02) / 2)
+    assert m.nmad == 0.0     # three of four deviations from the median (0.5) are 0
     assert m.r2 == pytest.approx(1 - 1.0 / 5.0)
     assert tuple(vars(m)) == M.METRIC_COLUMNS
 

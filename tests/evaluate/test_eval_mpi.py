@@ -48,6 +48,6 @@ def test_two_ranks_give_the_same_metrics_and_predictions(eval_root, eval_data, e
     proc = mpirun(2, "evaluate", "--config", cfg, "--data", eval_data, "--runs", eval_runs,
                   "--out", two, "--mc-samples", "3", timeout=900)
     assert "over 2 rank(s)" in proc.stdout
-    for name in ("metrics.csv", "psnr.csv", "table1.csv", "coverage.csv"):
+    for name in ("metrics.csv", "psnr.csv", "table1.csv", "coverage.csv", "calibration.json"):
         assert (two / name).read_text() == (one / name).read_text(), name
     assert_same_content(one / "predictions.h5", two / "predictions.h5")

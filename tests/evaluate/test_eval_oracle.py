@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from lenshpc.config import from_yaml_text, load
-from lenshpc.config.train import TARGETS
+from lenshpc.config import load
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import kernels, report, run, store, tables
 from lenshpc.simulate.render import Renderer
 from tests.conftest import lenshpc, write_config
@@ -44,8 +44,8 @@ def _entry(ds, pred, renderer, key, scores=None):
 
 
 def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_data):
-    ds = store.read_dataset(eval_data)
-    ds_cfg = from_yaml_text(ds.config_text)
+    ds = store.read_held_out(eval_data)
+    ds_cfg = ds.config
     renderer = Renderer(ds_cfg.image)
     oracle = ds.true_test.copy()          # the lookup: predictions are the true values
 
@@ -87,7 +87,7 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
     cfg = load(eval_cfg)
     outcome = run.Outcome(evaluated=list(preds), reused=[], n_ranks=1, work_seconds=1.0,
                           cpu_seconds=1.0, n_images=0)
-    report.write_all(out, cfg=cfg, ds=ds, ds_cfg=ds_cfg, jobs=jobs, skipped=[],
+    report.write_all(out, cfg=cfg, ds=ds, jobs=jobs, skipped=[],
                      runs_dir=tmp_path / "runs", data_dir=eval_data, mc_samples=0, outcome=outcome)
 
     with open(out / "table1.csv", newline="") as f:
@@ -113,8 +113,8 @@ def test_reference_image_with_noise_is_the_noise_free_render(tmp_path):
     cfg = write_config(tmp_path / "noisy.yaml", image={"size": 32, "background_rms": 0.05},
                        dataset={"n_images": 24, "test_fraction": 0.25, "n_folds": 2, "shard_size": 24})
     lenshpc("simulate", "--config", cfg, "--out", tmp_path / "noisy", "--no-progress", check=True)
-    ds = store.read_dataset(tmp_path / "noisy")
-    ds_cfg = from_yaml_text(ds.config_text)
+    ds = store.read_held_out(tmp_path / "noisy")
+    ds_cfg = ds.config
     assert ds_cfg.image.noise
     renderer = Renderer(ds_cfg.image)
     stored = read_images(ds)

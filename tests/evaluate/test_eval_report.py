@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 
 FIGURES = ("fig1_parameter_distributions", "fig2_example_images", "fig3_training_curves",
            "fig4_psnr_distributions", "fig5_true_predicted_residual", "fig6_predicted_vs_true",

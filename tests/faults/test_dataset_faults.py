@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from lenshpc.config import UserError, load
+from lenshpc.dataset.folder import dataset_done
 from lenshpc.dataset.index import read_index, read_items
 from lenshpc.dataset.shards import estimate_bytes, read_shard
-from lenshpc.simulate.dataset import dataset_done
 from lenshpc.train import data as D
 from tests.conftest import PYTHON, env, lenshpc, mpirun_cmd, require, write_config
 from tests.faults.disk import fill, small_disk

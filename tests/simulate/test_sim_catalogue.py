@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 
 from lenshpc.config import UserError, loads
-from lenshpc.config.simulate import (
-    CATALOGUE_PRESETS,
-    PARAM_MAX,
-    Population,
-    Support,
-    value_allowed,
-)
+from lenshpc.config.distribution import PARAM_MAX, Support
+from lenshpc.config.population import CATALOGUE_PRESETS, Population, value_allowed
 from lenshpc.simulate import population as pop
 from lenshpc.simulate.catalogue import read_catalogue
 from lenshpc.simulate.render import TRUTH_NAMES
@@ -163,7 +158,7 @@ KEYS = _config_keys()
 
 def test_the_bounds_table_covers_every_parameter():
     assert set(KEYS) == set(pop.parameter_names(loads(None).population))
-    assert len(KEYS) == 17
+    assert len(KEYS) == 19   # 17 parameters, and the magnitudes of the two lights
     for name, f in KEYS.items():
         # a check the catalogue reader could not apply would let values through
         assert f.metadata.get("check") is None or isinstance(f.metadata["check"], Support), name

@@ -13,6 +13,7 @@ import pytest
 from lenshpc.config import loads
 from lenshpc.config.simulate import Image
 from lenshpc.dataset import SHARDS
+from lenshpc.dataset.identity import fingerprint
 from lenshpc.dataset.index import check_shard, read_index, read_items
 from lenshpc.dataset.shards import (
     COMPRESSIONS,
@@ -23,7 +24,6 @@ from lenshpc.dataset.shards import (
     write_shard,
 )
 from lenshpc.simulate import population as pop
-from lenshpc.simulate.plan import fingerprint
 from lenshpc.simulate.render import TRUTH_NAMES, Renderer, truth_to_kwargs
 from tests.conftest import lenshpc, write_config
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lenshpc.slurm.local import launcher_env, stage_command
+from lenshpc.launch import launcher_env, local_argv
 from tests.conftest import lenshpc, require, write_config
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
@@ -49,14 +49,16 @@ def test_run_bad_input_is_one_line(tmp_path):
 
 
 def test_stage_commands():
-    one = stage_command("simulate", ["--out", "d"], 1, cores=2)
+    one = local_argv("simulate", ["--out", "d"], 1, None, cores=2)
     assert one[1:] == ["-m", "lenshpc", "simulate", "--out", "d"]
-    two = stage_command("evaluate", [], 2, cores=2)
+    two = local_argv("evaluate", [], 2, "mpirun", cores=2)
     assert two[:5] == ["mpirun", "-n", "2", "--bind-to", "none"] and "--oversubscribe" not in two
     assert two[-5:] == ["-m", "mpi4py", "-m", "lenshpc", "evaluate"]
-    assert "--oversubscribe" in stage_command("train", [], 4, cores=2)
-    hvd = stage_command("train", ["--job", "3"], 2, cores=2, launcher="horovodrun")
+    assert "--oversubscribe" in local_argv("train", [], 4, "mpirun", cores=2)
+    hvd = local_argv("train", ["--job", "3"], 2, "horovodrun", cores=2)
     assert hvd[1:5] == ["-np", "2", "-H", "localhost:2"] and hvd[-3:] == ["train", "--job", "3"]
+    assert hvd[5] == "--binding-args=--bind-to none --map-by slot"
     root = launcher_env({"PATH": "/bin"}, uid=0)
     assert root["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and root["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
     assert "OMPI_ALLOW_RUN_AS_ROOT" not in launcher_env({"PATH": "/bin"}, uid=1000)
+

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from lenshpc.config import load, loads, schema_markdown
+from lenshpc.env import from_environ
 from lenshpc.lock import mark_done
 from lenshpc.slurm import script
-from lenshpc.slurm.env import from_environ
 from lenshpc.slurm.submit import plan
 from lenshpc.slurm.workdir import StudyProgress, Workdir, prepare, progress
 from tests.conftest import ROOT, lenshpc, write_config
@@ -61,7 +61,7 @@ VARIANTS = {
 
 def mark_dataset_done(folder: Path) -> None:
     """A stand-in for a finished dataset: an index and one shard under the marker simulate
-    writes (lenshpc.simulate.dataset.dataset_done checks both)."""
+    writes (lenshpc.dataset.folder.dataset_done checks both)."""
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     (folder / "shards" / "shard-00000.h5").write_bytes(b"shard")
     (folder / "dataset.h5").write_bytes(b"index")

@@ -1,10 +1,19 @@
-"""The one place that reads Slurm's ``SLURM_*`` environment variables, into typed fields."""
+"""What the environment variables say about this process, read in one place into typed fields.
+
+Three tables, none of which imports MPI: the launcher that started the process and its
+place among the processes started with it (:func:`launch_env`: mpirun, PMIx, PMI,
+horovodrun, srun), the Slurm job it runs in (:func:`from_environ`: every ``SLURM_*``
+variable lenshpc uses) and the GPUs a scheduler or the user handed it (:func:`gpus_given`).
+Nothing else in lenshpc reads these variables.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
+
+# --------------------------------------------------------------------------- Slurm
 
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:
@@ -120,3 +129,98 @@ def from_environ(environ: Mapping[str, str] | None = None) -> SlurmEnv:
         procid=_int(e, "SLURM_PROCID"),
         localid=_int(e, "SLURM_LOCALID"),
     )
+
+
+# --------------------------------------------------------------------------- GPUs
+
+#: Variables through which a scheduler or the user hands GPUs to a job.
+GPU_VARS = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES")
+
+
+def gpus_given(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The GPU variables that hand this job GPUs (non-empty, not "0" GPUs, not "-1"/"none")."""
+    e = os.environ if environ is None else environ
+    out = {}
+    for var in GPU_VARS:
+        value = e.get(var, "").strip()
+        if not value or value.lower() in ("none", "nodevfiles", "-1"):
+            continue
+        if var == "SLURM_GPUS_ON_NODE" and value == "0":
+            continue
+        out[var] = value
+    return out
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+@dataclass(frozen=True)
+class _Launcher:
+    """Where one launcher announces a process' place: its variables, and whether the
+    processes it starts form one MPI world (``mpi``) or only know their numbers."""
+
+    name: str
+    rank: str
+    size: str | None
+    local_rank: str | None
+    local_size: str | None
+    mpi: bool
+
+
+#: Every launcher lenshpc knows, first match (by its rank variable) wins: mpirun of Open
+#: MPI (also under ``horovodrun`` in MPI mode, and Open MPI 5's prterun), PMIx (``srun
+#: --mpi=pmix``), PMI (MPICH's Hydra, ``srun --mpi=pmi2``), ``horovodrun --gloo``, and
+#: plain ``srun`` (task numbers only, read through :func:`from_environ`).
+LAUNCHERS = (
+    _Launcher("mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", mpi=True),
+    _Launcher("pmix", "PMIX_RANK", None, None, None, mpi=True),
+    _Launcher("pmi", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", mpi=True),
+    _Launcher("horovodrun", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK",
+              "HOROVOD_LOCAL_SIZE", mpi=False),
+    _Launcher("srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None, mpi=False),
+)
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """This process' place among the processes its launcher started (after submitit's
+    ``JobEnvironment``). ``launcher`` is None without one (then rank 0 of 1)."""
+
+    launcher: str | None = None
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int | None = None
+    mpi: bool = False
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def under_launcher(self) -> bool:
+        """True under mpirun, an MPI-enabled srun, or horovodrun (not plain srun or sbatch)."""
+        return self.launcher is not None and self.launcher != "srun"
+
+
+def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+    """Read :data:`LAUNCHERS` from ``environ`` (default ``os.environ``); never imports MPI.
+
+    Values a launcher does not give (size and local rank under PMIx) come from Slurm's
+    task variables when they are set."""
+    e = os.environ if environ is None else environ
+    slurm = from_environ(e)
+    from_slurm = {"SLURM_PROCID": slurm.procid, "SLURM_NTASKS": slurm.ntasks,
+                  "SLURM_LOCALID": slurm.localid}
+    read = lambda name: from_slurm[name] if name in from_slurm else _int(e, name) if name else None  # noqa: E731
+    for row in LAUNCHERS:
+        rank = read(row.rank)
+        if rank is None:
+            continue
+        size = read(row.size) or slurm.ntasks or 1
+        local_rank = read(row.local_rank)
+        if local_rank is None:
+            local_rank = slurm.localid if slurm.localid is not None else 0
+        return LaunchEnv(row.name, rank, size, local_rank, read(row.local_size), row.mpi)
+    return LaunchEnv()

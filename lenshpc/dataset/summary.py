@@ -1,7 +1,5 @@
-"""Inspect, verify and judge a dataset directory (``lenshpc dataset info|verify``).
-
-:func:`dataset_done` is the one answer to "is this dataset finished?" for simulate
-itself, train, ``lenshpc run`` and ``slurm submit``.
+"""``lenshpc dataset info`` and ``lenshpc dataset verify``: what a dataset folder holds, and
+whether every shard is what the index records.
 """
 
 from __future__ import annotations
@@ -12,55 +10,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lenshpc import lock
-from lenshpc.config import Config, UserError, from_yaml_text
-from lenshpc.dataset import CONFIG, INDEX, SHARDS, shards as dataset_shards
+from lenshpc.config import UserError, from_yaml_text
+from lenshpc.dataset import CONFIG, INDEX
+from lenshpc.dataset.folder import dataset_done, shard_ranges
 from lenshpc.dataset.index import check_shard, dataset_checksum, read_index
 from lenshpc.dataset.shards import shard_info, shard_name, shard_path
 from lenshpc.parallel import World
-from lenshpc.simulate.population import LABEL_NAMES
-from lenshpc.simulate.render import TRUTH_NAMES
-
-#: Name of the dataset's completion marker (``DIR/dataset.done.json``).
-PRODUCT = "dataset"
-
-
-def item_bytes(cfg: Config) -> int:
-    """Bytes of one item of ``cfg``'s dataset, uncompressed (image, labels, truth)."""
-    return dataset_shards.item_bytes((cfg.image.size, cfg.image.size), len(LABEL_NAMES),
-                                     len(TRUTH_NAMES))
-
-
-def shard_ranges(cfg: Config) -> list[range]:
-    """Item ranges of the shards of ``cfg``'s dataset (dataset.shard_mb and min_shards, or
-    the older shard_size): a function of the config alone, never of the number of ranks."""
-    return dataset_shards.shard_ranges(cfg.dataset.n_images,
-                                       cfg.dataset.items_per_shard(item_bytes(cfg)))
-
-
-def dataset_done(root: str | Path, *, hashed: bool = True) -> lock.Done:
-    """Whether the dataset in ``root`` is finished and intact, cheaply.
-
-    The marker exists and ``dataset.h5``, ``config.yaml`` and ``simulate.json`` still have
-    their size and (with ``hashed``) sha256, and every shard the marker lists exists with
-    its size. Shards are not hashed (too slow at 10^6 images): ``lenshpc dataset verify``
-    checks their data."""
-    root = Path(root)
-    done = lock.check_done(root, PRODUCT, hashed=hashed)
-    if not done:
-        return done
-    shards = (done.info or {}).get("shards")
-    if not isinstance(shards, dict) or not shards:
-        return lock.Done(False, f"{lock.marker_path(root, PRODUCT)} lists no shards")
-    for name, size in shards.items():
-        path = root / SHARDS / name
-        try:
-            actual = path.stat().st_size
-        except OSError:
-            return lock.Done(False, f"{path} is missing")
-        if actual != size:
-            return lock.Done(False, f"{path} changed size since it was finished")
-    return done
 
 
 def _require_dataset(root: Path) -> None:
@@ -181,4 +136,4 @@ def verify(root: Path, world: World | None = None) -> tuple[list[str], str]:
     return problems, summary
 
 
-__all__ = ["PRODUCT", "dataset_done", "info", "info_text", "item_bytes", "shard_ranges", "verify"]
+__all__ = ["info", "info_text", "verify"]
