@@ -23,6 +23,7 @@ from lenshpc.config.evaluate import Evaluate
 from lenshpc.config.population import Population
 from lenshpc.config.schema import (  # noqa: F401
     UserError,
+    Value,
     _bounds,
     _fmt,
     _type_name,
@@ -166,7 +167,7 @@ def schema_markdown() -> str:
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(tp) and not hasattr(tp, "from_yaml"):
+            if dataclasses.is_dataclass(tp) and not (isinstance(tp, type) and issubclass(tp, Value)):
                 subs.append((tp, key))
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
@@ -174,8 +175,9 @@ def schema_markdown() -> str:
             allowed = [_type_name(tp)]
             if _bounds(f.metadata):
                 allowed.append(_bounds(f.metadata))
-            if hasattr(tp, "doc_allowed"):
-                allowed = [tp.doc_allowed()]
+            own = tp.doc_allowed() if isinstance(tp, type) and issubclass(tp, Value) else None
+            if own:
+                allowed = [own]
             if getattr(f.metadata.get("check"), "allowed", None):
                 allowed.append(f.metadata["check"].allowed)
             rows.append(f"| `{key}` | `{_fmt(to_plain(default))}` | {f.metadata.get('unit', '')} | "

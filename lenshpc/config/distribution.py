@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lenshpc.config.schema import UserError, _fmt, _text_hint
+from lenshpc.config.schema import UserError, Value, _fmt, _text_hint
 
 # --------------------------------------------------------------------------- distributions
 
@@ -31,7 +31,7 @@ DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
 
 
 @dataclass(frozen=True)
-class Distribution:
+class Distribution(Value):
     """One parameter's distribution: a number (constant) or ``{dist: KIND, ...}``.
 
     Kinds: constant(value); uniform(low, high); normal(mean, sigma);

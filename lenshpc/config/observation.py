@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lenshpc.config.schema import UserError, _fmt, param
+from lenshpc.config.schema import Section, UserError, _fmt, param
 
 #: Cao et al.'s CSST wide-field numbers (csst_setting.yaml, see the module doc), per band.
 CSST_WF = {
@@ -70,7 +70,7 @@ _survey_allowed.allowed = f"null or one of {', '.join(SURVEYS)}"  # type: ignore
 
 
 @dataclass(frozen=True)
-class Observation:
+class Observation(Section):
     """A survey and band whose instrument numbers fill the image keys (module doc)."""
 
     survey: str | None = param(None, check=_survey_allowed,

@@ -16,7 +16,7 @@ from lenshpc.config.distribution import (
     _sersic_index,
     dist,
 )
-from lenshpc.config.schema import UserError, _fmt, build, param
+from lenshpc.config.schema import Section, UserError, Value, _fmt, build, param
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ CATALOGUE_PRESETS: dict[str, dict[str, str | float]] = {
 
 
 @dataclass(frozen=True)
-class CatalogueColumns:
+class CatalogueColumns(Value):
     """Which catalogue column each parameter takes: a preset name, or
     ``{<component>.<parameter>: column name or a number}``."""
 
@@ -186,7 +186,7 @@ _columns_doc.allowed = (f"a preset ({', '.join(CATALOGUE_PRESETS)}), or {{parame
 
 
 @dataclass(frozen=True)
-class Population:
+class Population(Section):
     """Where lens-system parameters come from: named distributions, or a catalogue."""
 
     kind: Literal["parametric", "catalogue"] = param("parametric", doc="Parameter source.")

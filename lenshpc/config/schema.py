@@ -5,6 +5,14 @@ allowed values in ``field(metadata=...)`` (built with :func:`param`). :func:`bui
 refuses unknown keys, wrong types and out-of-range values with a :class:`UserError`
 naming the key path, the value and what is allowed. ``docs/config.md`` is generated
 from the same metadata, so it cannot drift.
+
+Adding a key is adding a :func:`param` field. Two base classes are the only hooks:
+
+- :class:`Section`, for a section that checks several of its fields together
+  (``validate``) or fills keys implied by another (``complete_yaml``: the survey presets);
+- :class:`Value`, for a value with a YAML form of its own rather than a mapping of keys
+  (a distribution, a catalogue column mapping, a model entry): ``from_yaml``,
+  ``to_yaml`` and ``doc_allowed``.
 """
 
 from __future__ import annotations
@@ -18,9 +26,37 @@ from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
+from lenshpc.config.yaml_text import UserError, parse_yaml  # noqa: F401  (re-exported)
 
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
+
+class Section:
+    """Base of a config section with checks of its own (subclassed by frozen dataclasses)."""
+
+    @classmethod
+    def complete_yaml(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
+        """The section's YAML mapping with the keys other keys imply filled in."""
+        return data
+
+    def validate(self, path: str) -> None:
+        """Checks across fields, after each field passed its own: raise UserError."""
+
+
+class Value:
+    """Base of a config value with its own YAML form (not a mapping of documented keys)."""
+
+    @classmethod
+    def from_yaml(cls, value: Any, path: str) -> Any:
+        """The value from its YAML data; UserError naming ``path`` if it is not one."""
+        raise NotImplementedError
+
+    def to_yaml(self) -> Any:
+        """The value as plain YAML data (``from_yaml`` of it gives it back)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def doc_allowed() -> str | None:
+        """What the value may be, for docs/config.md (None: its type's name)."""
+        return None
 
 
 # --------------------------------------------------------------------------- fields
@@ -141,9 +177,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise UserError(f"config {path}: {_fmt(value)} must have {len(args)} entries")
         return tuple(_convert(a, v, f"{path}[{i}]")
                      for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if isinstance(tp, type) and issubclass(tp, Value):
+        return tp.from_yaml(value, path)
     if dataclasses.is_dataclass(tp):
-        if hasattr(tp, "from_yaml"):
-            return tp.from_yaml(value, path)
         return build(tp, value, path)
     return _convert_scalar(tp, value, path)
 
@@ -210,14 +246,15 @@ def _check_bounds(meta: Mapping[str, Any], value: Any, path: str) -> None:
 def build(cls: type, data: Any, path: str = "") -> Any:
     """Build dataclass ``cls`` from a YAML mapping, validating every field.
 
-    Missing keys take their defaults; unknown keys are refused. A section may define
-    ``validate(self, path)`` for checks across fields (raise UserError)."""
+    Missing keys take their defaults; unknown keys are refused. A :class:`Section`'s
+    ``complete_yaml`` runs first and its ``validate`` last."""
     if data is None:
         data = {}
     where = path or "(top level)"
     if not isinstance(data, Mapping):
         raise UserError(f"config {where}: {_fmt(data)} is not a mapping")
-    if hasattr(cls, "complete_yaml"):   # keys implied by others (image.observation presets)
+    section = issubclass(cls, Section)
+    if issubclass(cls, Section):
         data = cls.complete_yaml(dict(data), path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -239,82 +276,20 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         _check_bounds(f.metadata, value, sub)
         kwargs[name] = value
     obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
+    if section:
         obj.validate(path)
     return obj
 
 
 def to_plain(obj: Any) -> Any:
     """A config object as plain YAML-able data (the inverse of :func:`build`)."""
-    if hasattr(obj, "to_yaml"):
+    if isinstance(obj, Value):
         return obj.to_yaml()
     if dataclasses.is_dataclass(obj):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, tuple):
         return [to_plain(v) for v in obj]
     return obj
-
-
-# --------------------------------------------------------------------------- YAML text
-
-
-def parse_yaml(text: str, source: str = "<config>") -> Any:
-    """Parse YAML text of a config; a key given twice in one mapping is refused.
-
-    Plain YAML keeps the last of duplicate keys silently (a second ``seed:`` or
-    ``image:`` would replace the first). The error names the key's path and both
-    lines. Syntax errors are reported as UserError with their line and column."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if root is not None:
-            _refuse_duplicate_keys(root, "", source, set())
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"config file {source} is not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise UserError(f"config file {source} is nested too deeply to be a config") from None
-    except (ValueError, OverflowError) as exc:  # e.g. an integer of 5000 digits, a bad date
-        problem = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"config file {source} holds a value YAML cannot read: {problem}") from None
-
-
-def _key_value(node: yaml.Node) -> Any:
-    """The value a scalar mapping key stands for (``1`` and ``0x1`` are the same key)."""
-    try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-    except (yaml.YAMLError, TypeError, ValueError):
-        return (node.tag, node.value)
-
-
-def _refuse_duplicate_keys(node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
-    if id(node) in seen:  # an alias: walked once already (and YAML may be recursive)
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            sub = path or "(top level)"
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = _key_value(key_node)   # `<<: *base` merge keys may be overridden
-                sub = f"{path}.{key}" if path else str(key)
-                line = key_node.start_mark.line + 1
-                try:
-                    duplicate = key in first_line
-                    earlier = first_line.setdefault(key, line)
-                except TypeError:   # an unhashable key: build() refuses it later
-                    duplicate = False
-                if duplicate:
-                    lines = f"both on line {line}" if earlier == line else \
-                        f"at lines {earlier} and {line}"
-                    raise UserError(f"config {sub}: given twice in {source}, {lines}; "
-                                    f"give each key once")
-            _refuse_duplicate_keys(value_node, sub, source, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, f"{path}[{i}]", source, seen)
 
 
 # --------------------------------------------------------------------------- comparison

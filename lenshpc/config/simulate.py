@@ -27,13 +27,13 @@ from lenshpc.config.population import (  # noqa: F401  (re-exported)
     value_allowed,
     values_refused,
 )
-from lenshpc.config.schema import UserError, build, param
+from lenshpc.config.schema import Section, UserError, build, param
 
 # --------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
-class Image:
+class Image(Section):
     """The image grid, PSF and noise (CSST wide-field pixels by default)."""
 
     size: int = param(64, ge=8, le=4096, unit="pixels",

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from lenshpc.config.schema import UserError, param
+from lenshpc.config.schema import Section, UserError, param
 
 #: Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 #: At most 3 digits of days and 6 of minutes or hours: a time Slurm can hold.
@@ -58,7 +58,7 @@ class MpiJob:
 
 
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(Section):
     """Resources of each train array task (one job of the model x fold grid)."""
 
     nodes: int = param(1, ge=1, le=100_000, doc="--nodes per task.")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from lenshpc.config.schema import UserError, _fmt, build, param, to_plain
+from lenshpc.config.schema import Section, UserError, Value, _fmt, build, param, to_plain
 
 # The network's outputs (theta_E, q, e1, e2) are the dataset's label columns:
 # lenshpc.dataset.columns.TARGETS (the config tree does not import the stages' owners).
@@ -30,7 +30,7 @@ GRID_KEYS = ("models", "folds")
 
 
 @dataclass(frozen=True)
-class DropoutModel:
+class DropoutModel(Value):
     """One model of the experiment: its dropout (p1 after Dense 512, p2 after Dense 1024)
     and, for a variant, the ``train`` keys it sets to other values than the section."""
 
@@ -122,7 +122,7 @@ ARCHITECTURE_DEFAULTS = {
 
 
 @dataclass(frozen=True)
-class Network:
+class Network(Section):
     """The modified AlexNet of docs/method.md section 2 (widths and kernels configurable)."""
 
     architecture: Literal["study", "legacy"] = param(
@@ -206,7 +206,7 @@ class Network:
 
 
 @dataclass(frozen=True)
-class Train:
+class Train(Section):
     """Training: the experiment grid (dropout models x folds), loss, optimiser, schedule."""
 
     models: tuple[DropoutModel, ...] = param(
