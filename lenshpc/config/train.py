@@ -12,15 +12,6 @@ from lenshpc.config.schema import Section, UserError, Value, _fmt, build, param,
 # lenshpc.dataset.columns.TARGETS (the config tree does not import the stages' owners).
 
 
-def __getattr__(name: str) -> Any:
-    """``TARGETS`` for code that still imports it from here (lenshpc.dataset.columns
-    defines it); read when asked, so the config tree imports nothing above it."""
-    if name == "TARGETS":
-        import importlib
-        return importlib.import_module("lenshpc.dataset.columns").TARGETS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 #: The keys of a ``train.models`` entry that belong to the model itself; every other key
 #: of the entry overrides the ``train`` key of the same name for that model's jobs.
 MODEL_KEYS = ("name", "p1", "p2")

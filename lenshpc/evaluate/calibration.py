@@ -166,7 +166,7 @@ def tarp_ecp(samples: np.ndarray, truth, seed: int,
     are drawn here, uniform in the unit cube, from ``default_rng(seed)`` (the package's own
     draw goes through numpy's global generator). Calibrated samples give ecp = alpha.
     ``n_bins`` defaults to N // 10, between 5 and 50."""
-    from tarp import get_tarp_coverage  # type: ignore[import-untyped]
+    from tarp import get_tarp_coverage
     s, y = _f64(samples), _f64(truth)
     n = y.shape[0]
     bins = n_bins or int(min(50, max(5, n // 10)))

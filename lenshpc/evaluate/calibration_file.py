@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lenshpc.config import UserError
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.io import atomic_write_text, file_sha256
 
 CALIBRATION = "calibration.json"

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lenshpc.config import UserError
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import calibration as cal, calibration_file
 from lenshpc.evaluate.tables import md_table
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from lenshpc import __version__
 from lenshpc.config import Config, UserError
-from lenshpc.config.train import TARGETS
+from lenshpc.dataset.columns import TARGETS
 from lenshpc.evaluate import calibration as cal, calibration_file
 from lenshpc.parallel import World, split_evenly
 
