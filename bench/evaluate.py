@@ -108,9 +108,9 @@ def evaluate_rate(cfg: Path, data: Path, runs: Path, out: Path, ranks: int,
 def rerender_rate(data: Path) -> tuple[float, float, int]:
     """(images/s, images per CPU-second) of ``Renderer.render_truth`` over the test
     systems in this process, and their number."""
-    from lenshpc.evaluate import store
+    from lenshpc.evaluate import disk
     from lenshpc.simulate.render import Renderer
-    ds = store.read_held_out(data)
+    ds = disk.read_held_out(data)
     renderer = Renderer(ds.config.image)
     renderer.render_truth(ds.truth_names, ds.truth_test[0])          # numba warm-up
     n = len(ds.truth_test)

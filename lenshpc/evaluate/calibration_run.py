@@ -62,13 +62,13 @@ def plan_units(part_sizes: list[tuple[int, int]], chunk: int) -> list[tuple[int,
 
 
 def _seed(root: int, key: str, part: str, start: int) -> tuple[int, int, int]:
-    from lenshpc.evaluate.kernels import mc_seed
+    from lenshpc.evaluate.scoring import mc_seed
     return mc_seed(root, key if part == "test" else f"{key}/validation", start)
 
 
 def _work(units, mine: range, jobs, items: dict, ds, cfg: Config, mc: int
           ) -> tuple[dict, list[str]]:
-    from lenshpc.evaluate import predict, store
+    from lenshpc.evaluate import disk, predict
     out: dict = {}
     current, predictor = None, None
     for u in mine:
@@ -82,7 +82,7 @@ def _work(units, mine: range, jobs, items: dict, ds, cfg: Config, mc: int
                     model = predict.load_model(job.model_file)
                 except UserError as exc:
                     raise UserError(f"{job.key}: {exc}") from None
-                predictor = predict.Predictor(model, mc=True, normalize=store.job_normalize(job))
+                predictor = predict.Predictor(model, mc=True, normalize=disk.job_normalize(job))
             images = ds.read_images(chunk)
         except UserError as exc:
             return out, [str(exc)]
@@ -138,7 +138,7 @@ def measure(plan, cfg: Config, mc: int, world: World) -> dict[str, Any] | None:
 
 
 def _true(ds, items: np.ndarray) -> np.ndarray:
-    from lenshpc.evaluate.kernels import true_parameters
+    from lenshpc.evaluate.scoring import true_parameters
     index = ds.index
     return true_parameters(index.labels[items], index.truth[items], index.truth_names)
 

@@ -17,7 +17,7 @@ import yaml
 
 from lenshpc import __version__
 from lenshpc.config.train import _flat as flat_overrides
-from lenshpc.evaluate import metrics, provenance, store
+from lenshpc.evaluate import disk, metrics, provenance
 from lenshpc.evaluate.report_figures import make_figures
 from lenshpc.evaluate.tables import (
     COVERAGE_COLUMNS,
@@ -46,7 +46,7 @@ from lenshpc.train.state import read_history
 UNITS = {"theta_E": "arcsec", "q": "", "e1": "", "e2": ""}
 
 
-def write_all(out_dir: Path, *, cfg, ds: store.HeldOutSet, jobs, skipped,
+def write_all(out_dir: Path, *, cfg, ds: disk.HeldOutSet, jobs, skipped,
               runs_dir: Path, data_dir: Path, mc_samples: int, outcome,
               given_not_used: list[str] | None = None) -> list[Path]:
     """Every product of REPORT from predictions.h5: tables, figures, report.md. The image
@@ -60,7 +60,7 @@ def write_all(out_dir: Path, *, cfg, ds: store.HeldOutSet, jobs, skipped,
         atomic_write_text(out_dir / name, text)
         written.append(out_dir / name)
 
-    preds = store.read_predictions(out_dir / store.PREDICTIONS)
+    preds = disk.read_predictions(out_dir / disk.PREDICTIONS)
     keys = [j.key for j in jobs if j.key in preds]
     preds = {k: preds[k] for k in keys}
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lenshpc.dataset.columns import TARGETS
-from lenshpc.evaluate import figures, metrics, store
+from lenshpc.evaluate import disk, figures, metrics
 from lenshpc.evaluate.tables import group_by_model, model_fold
 from lenshpc.runs import JobFiles
 from lenshpc.train.state import read_history
@@ -49,7 +49,7 @@ def typical_system(entry: Mapping[str, Any], name: str = "psnr") -> int:
     return int(order[len(order) // 2])
 
 
-def make_figures(fig_dir: Path, *, preds, jobs, ds: store.HeldOutSet, cfg,
+def make_figures(fig_dir: Path, *, preds, jobs, ds: disk.HeldOutSet, cfg,
                  mc: bool) -> list[tuple[str, str]]:
     """Write every figure; returns (file stem, caption) in report order. Images are read
     through the shards (lenshpc.dataset.index.read_items), never through the virtual dataset."""
@@ -103,7 +103,7 @@ def make_figures(fig_dir: Path, *, preds, jobs, ds: store.HeldOutSet, cfg,
         + ". Perfect re-renders (infinite PSNR) are counted in the legend and left out of "
         "the histogram.")
 
-    from lenshpc.evaluate.kernels import reference_images, rerender
+    from lenshpc.evaluate.scoring import reference_images, rerender
     from lenshpc.simulate.render import Renderer
     renderer = Renderer(ds_cfg.image)
     first: dict[str, str] = {}

@@ -8,10 +8,10 @@ In order, and every rank agreeing at each step before the next:
    predictions.h5 already holds (same model file, dataset and settings, nothing NaN);
 2. all ranks share the hashing of the shards that hold test items;
 3. rank 0 clears the report's completion marker: REPORT is rewritten from here on;
-4. the work, cut into units ``(job, chunk)`` (:func:`kernels.plan_units`): each rank takes
+4. the work, cut into units ``(job, chunk)`` (:func:`scoring.plan_units`): each rank takes
    a contiguous block of them, so it loads each model it needs once, predicts
    ``(theta_E, q, e1, e2)``, refuses non-finite images or predictions, re-renders and
-   scores (:mod:`lenshpc.evaluate.kernels`);
+   scores (:mod:`lenshpc.evaluate.scoring`);
 5. rank 0 gathers, writes predictions.h5 and the report, and the report's completion
    marker last.
 
@@ -37,8 +37,8 @@ import numpy as np
 from lenshpc import __version__
 from lenshpc.config import Config, UserError
 from lenshpc.dataset.columns import TARGETS
-from lenshpc.evaluate import provenance, store
-from lenshpc.evaluate.kernels import (
+from lenshpc.evaluate import disk, provenance
+from lenshpc.evaluate.scoring import (
     first_nonfinite,
     mc_seed,
     plan_units,
@@ -78,8 +78,8 @@ class EvaluationPlan:
     nothing evaluated (:func:`lenshpc.evaluate.provenance.check_jobs`)."""
 
     out_dir: Path
-    ds: store.HeldOutSet
-    jobs: list[store.JobRun]
+    ds: disk.HeldOutSet
+    jobs: list[disk.JobRun]
     skipped: list[tuple[str, str]]
     idents: dict[str, dict[str, str]]
     reuse: set[str]
@@ -88,7 +88,7 @@ class EvaluationPlan:
     given_not_used: list[str]
 
     @property
-    def todo(self) -> list[store.JobRun]:
+    def todo(self) -> list[disk.JobRun]:
         return [j for j in self.jobs if j.key not in self.reuse]
 
 
@@ -103,10 +103,10 @@ def _bytes_needed(n_jobs: int, n_test: int, mc: bool, figures: bool) -> int:
 def _check_inputs(cfg: Config, data: str, runs: str, out: str, mc: int,
                   stack: contextlib.ExitStack) -> EvaluationPlan:
     """Rank 0's checks (module doc, step 1); the lock stays held by ``stack``."""
-    out_dir = store.prepare_out(out, 0)   # before anything else: a read-only REPORT fails now
+    out_dir = disk.prepare_out(out, 0)   # before anything else: a read-only REPORT fails now
     # one config: image and population from the dataset (a given config that differs at a
     # dataset-defining key is refused), train settings from each job's run.json
-    ds = store.read_held_out(data, cfg)
+    ds = disk.read_held_out(data, cfg)
     jobs, skipped = find_jobs(runs, [m.name for m in cfg.train.models],
                               cfg.train.folds or cfg.dataset.n_folds, ds.checksum)
     if not jobs:
@@ -114,7 +114,7 @@ def _check_inputs(cfg: Config, data: str, runs: str, out: str, mc: int,
         raise UserError(f"--runs {runs}: no finished job to evaluate ({listed})")
     unused = provenance.check_jobs(cfg, jobs)
     need_bytes = _bytes_needed(len(jobs), len(ds.test_index), bool(mc), cfg.evaluate.figures)
-    store.prepare_out(out, need_bytes)
+    disk.prepare_out(out, need_bytes)
     stack.enter_context(exclusive(out_dir, "report"))
     ev = cfg.evaluate
     settings = settings_text(mc_samples=mc, theta_E_min=ev.theta_E_min,
@@ -125,21 +125,21 @@ def _check_inputs(cfg: Config, data: str, runs: str, out: str, mc: int,
     # evaluated job has train's marker; kept so that cached results stay valid)
     idents = {j.key: {"model_checksum": j.model_checksum, "dataset_checksum": ds.checksum,
                       "settings": settings, "weights_sha256": "",
-                      "normalize": store.job_normalize(j)}
+                      "normalize": disk.job_normalize(j)}
               for j in jobs}
-    reuse = store.up_to_date_groups(out_dir / store.PREDICTIONS, idents)
+    reuse = disk.up_to_date_groups(out_dir / disk.PREDICTIONS, idents)
     return EvaluationPlan(out_dir, ds, jobs, skipped, idents, reuse, settings, need_bytes, unused)
 
 
-def _damaged_shards(ds: store.HeldOutSet, rank: int = 0, size: int = 1) -> list[str]:
+def _damaged_shards(ds: disk.HeldOutSet, rank: int = 0, size: int = 1) -> list[str]:
     """This rank's share of the shards holding test items, hashed in full: one line per
     shard whose data no longer match its checksum."""
     shards = ds.test_shards()
-    found = (store.shard_data_problem(ds, shards[i]) for i in split_evenly(len(shards), rank, size))
+    found = (disk.shard_data_problem(ds, shards[i]) for i in split_evenly(len(shards), rank, size))
     return [p for p in found if p is not None]
 
 
-def _prepare(cfg: Config, ds: store.HeldOutSet):
+def _prepare(cfg: Config, ds: disk.HeldOutSet):
     """TensorFlow (threads set) and the renderer of this rank, before the timed work."""
     import os
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter
@@ -151,14 +151,14 @@ def _prepare(cfg: Config, ds: store.HeldOutSet):
     return renderer
 
 
-def _load(job: store.JobRun, mc: bool):
+def _load(job: disk.JobRun, mc: bool):
     """The job's predictor (its images normalised as in training)."""
     from lenshpc.evaluate import predict
     try:
         model = predict.load_model(job.model_file)
     except UserError as exc:
         raise UserError(f"{job.key}: {exc}") from None
-    return predict.Predictor(model, mc=mc, normalize=store.job_normalize(job))
+    return predict.Predictor(model, mc=mc, normalize=disk.job_normalize(job))
 
 
 def _work(units, mine: range, plan: EvaluationPlan, cfg: Config, mc: int,
@@ -201,7 +201,7 @@ def _work(units, mine: range, plan: EvaluationPlan, cfg: Config, mc: int,
     return out, []
 
 
-def _assemble(job: store.JobRun, jpos: int, chunks: dict, ds: store.HeldOutSet, ident: dict,
+def _assemble(job: disk.JobRun, jpos: int, chunks: dict, ds: disk.HeldOutSet, ident: dict,
               mc_samples: int) -> dict[str, Any]:
     """One job's predictions.h5 entry from its gathered chunks (in test-item order)."""
     starts = sorted(s for (j, s) in chunks if j == jpos)
@@ -248,8 +248,8 @@ def write_failure(exc: OSError, out_dir: Path, need_bytes: int, path: Path | Non
     full = is_disk_full(exc) or too_large
     reason = ("no space left on the device" if not too_large and full
               else exc.strerror or text.splitlines()[0])
-    kept = ("" if name.name == store.PREDICTIONS
-            else f"; {store.PREDICTIONS} is kept, so the rerun only writes the report")
+    kept = ("" if name.name == disk.PREDICTIONS
+            else f"; {disk.PREDICTIONS} is kept, so the rerun only writes the report")
     todo = (f"free space (REPORT needs about {need_bytes / 1e6:.0f} MB)" if full
             else "make it writable")
     return f"cannot write {name}: {reason}; {todo} and run the same command again{kept}"
@@ -260,12 +260,12 @@ def _write(plan: EvaluationPlan, chunks: dict, outcome: Outcome, *, cfg: Config,
     """Rank 0: predictions.h5, the report, and the report's completion marker last.
     A failed write (disk full, ...) is a UserError naming the path."""
     out_dir, ds, todo = plan.out_dir, plan.ds, plan.todo
-    pred_path = out_dir / store.PREDICTIONS
+    pred_path = out_dir / disk.PREDICTIONS
     results: dict[str, Any] = {
         j.key: None if j.key in plan.reuse
         else _assemble(j, todo.index(j), chunks, ds, plan.idents[j.key], mc) for j in plan.jobs}
     try:
-        store.write_predictions(pred_path, results, reuse=plan.reuse, root_attrs={
+        disk.write_predictions(pred_path, results, reuse=plan.reuse, root_attrs={
             "dataset_checksum": ds.checksum, "parameters": list(TARGETS),
             "lenshpc_version": __version__})
     except OSError as exc:
@@ -279,7 +279,7 @@ def _write(plan: EvaluationPlan, chunks: dict, outcome: Outcome, *, cfg: Config,
             given_not_used=plan.given_not_used,
             runs_dir=Path(runs), data_dir=Path(data), mc_samples=mc, outcome=outcome)
         products.append(pred_path)
-        mark_done(out_dir, store.REPORT_PRODUCT, products, info={
+        mark_done(out_dir, disk.REPORT_PRODUCT, products, info={
             "dataset_checksum": ds.checksum, "settings": plan.settings,
             "models": {k: v["model_checksum"] for k, v in plan.idents.items()}})
     except OSError as exc:
@@ -304,7 +304,7 @@ def evaluate(cfg: Config, data: str, runs: str, out: str, mc_samples: int | None
 
         world.agree(_damaged_shards(ds, world.rank, world.size))
         # every input checked: REPORT is rewritten from here on, not done until marked again
-        world.on_root(lambda: clear_done(plan.out_dir, store.REPORT_PRODUCT))
+        world.on_root(lambda: clear_done(plan.out_dir, disk.REPORT_PRODUCT))
 
         if plan.reuse:
             log(world, f"{len(plan.reuse)} job(s) already evaluated for the same model file and "

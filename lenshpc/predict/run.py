@@ -3,7 +3,7 @@
 1. rank 0 checks everything before any work: the output writable, every input readable
    (:func:`lenshpc.predict.inputs.scan`) with a pixel scale within 1% of the training
    config's (or ``--resample``), the finished jobs under RUNS (their model files against
-   train's record, :func:`lenshpc.evaluate.store.find_jobs`); it finds the chunks a
+   train's record, :func:`lenshpc.evaluate.disk.find_jobs`); it finds the chunks a
    killed run already finished (partial files under the same provenance key);
 2. the cutouts are cut into fixed chunks of ``evaluate.chunk_size`` (independent of the
    rank count); each rank takes a contiguous block of the chunks still to do, loads every
@@ -103,9 +103,9 @@ def _check_scales(cutouts: list[inputs.Cutout], train_scale: float, resample: bo
 
 
 def _jobs(cfg: Config, s: Settings):
-    from lenshpc.evaluate import store
+    from lenshpc.evaluate import disk
     names = list(s.models) or [m.name for m in cfg.train.models]
-    jobs, skipped = store.find_jobs(s.runs, names, cfg.dataset.n_folds, None)
+    jobs, skipped = disk.find_jobs(s.runs, names, cfg.dataset.n_folds, None)
     jobs = [j for j in jobs if j.model in names]
     if cfg.train.folds is not None:
         jobs = [j for j in jobs if j.fold in cfg.train.folds]
@@ -114,7 +114,7 @@ def _jobs(cfg: Config, s: Settings):
         why = "; ".join(f"{k}: {r}" for k, r in skipped if k.split("/")[0] == missing[0])
         raise UserError(f"--runs {s.runs}: no finished job of model {missing[0]}"
                         + (f" ({why})" if why else ""))
-    return jobs, {j.key: store.job_normalize(j) for j in jobs}
+    return jobs, {j.key: disk.job_normalize(j) for j in jobs}
 
 
 def _calibration(s: Settings, jobs, mc: int) -> dict[str, Any] | None:
@@ -168,7 +168,7 @@ def predict_chunk(plan: Plan, predictors: list, cfg: Config, start: int, stop: i
                   resample: bool) -> tuple[np.ndarray, np.ndarray]:
     """(stats (n, 4, 5), flags (n,)) of cutouts ``start:stop``."""
     from lenshpc.evaluate.calibration import scale_by_model
-    from lenshpc.evaluate.kernels import mc_seed
+    from lenshpc.evaluate.scoring import mc_seed
     size, scale = cfg.image.size, cfg.image.pixel_scale
     n = stop - start
     stats = np.full((n, 4, len(kernels.STATS)), np.nan)

@@ -15,7 +15,7 @@ import pytest
 
 from lenshpc.cli import main
 from lenshpc.config import UserError
-from lenshpc.evaluate import kernels, store
+from lenshpc.evaluate import disk, scoring
 from lenshpc.io import file_sha256
 from lenshpc.lock import check_done, mark_done
 from lenshpc.parallel import split_evenly
@@ -33,7 +33,7 @@ def evaluate_in_process(capsys, cfg, data, runs, out, *extra) -> tuple[int, str]
 
 def snapshot(directory):
     """Every product file's bytes (not the lock, which names its last holder, or markers)."""
-    return {p.relative_to(directory): p.read_bytes() for p in store.report_products(directory)}
+    return {p.relative_to(directory): p.read_bytes() for p in disk.report_products(directory)}
 
 
 def retrained(job_dir, model_from):
@@ -146,7 +146,7 @@ def test_jobs_already_evaluated_are_not_redone(tmp_path, eval_data, eval_runs, p
 
 
 def test_units_cover_every_job_and_item_once_on_any_number_of_ranks():
-    units = kernels.plan_units(n_jobs=3, n_test=30, chunk_size=8)
+    units = scoring.plan_units(n_jobs=3, n_test=30, chunk_size=8)
     assert units[:4] == [(0, 0, 8), (0, 8, 16), (0, 16, 24), (0, 24, 30)]
     for size in (1, 2, 3, 5, 13, 20):
         seen = [units[u] for rank in range(size) for u in split_evenly(len(units), rank, size)]
@@ -171,7 +171,7 @@ def test_find_jobs_order_and_reasons(tmp_path):
     job("model2", 1, marked=False, finished=False, epochs_done=4)
     (tmp_path / "model3" / "fold-0").mkdir(parents=True)
     (tmp_path / "model3" / "fold-0" / "run.json").write_text("{broken")
-    found, skipped = store.find_jobs(tmp_path, ["model1", "model2", "model3"], 2, "abc")
+    found, skipped = disk.find_jobs(tmp_path, ["model1", "model2", "model3"], 2, "abc")
     assert [j.key for j in found] == ["model1/fold-1", "model2/fold-0", "extra/fold-0"]
     # the marker vouches for the file: its sha256
     assert found[0].model_checksum == file_sha256(tmp_path / "model1" / "fold-1" / "model.keras")
@@ -193,15 +193,15 @@ def test_find_jobs_checks_model_files_against_train(tmp_path):
     for extra in ({}, {"weights_sha256": ["w" * 64] * 2},
                   {"model_sha256": file_sha256(d / "model.keras")}):
         (d / "run.json").write_text(json.dumps({**run, **extra}))
-        found, skipped = store.find_jobs(tmp_path, ["model1"], 1, "abc")
+        found, skipped = disk.find_jobs(tmp_path, ["model1"], 1, "abc")
         assert found == [] and "no train.done.json" in dict(skipped)["model1/fold-0"]
     (d / "run.json").write_text(json.dumps(run))          # no hash in run.json, but a marker
     mark_done(d, "train", ["model.keras", "run.json"])
-    [job], _ = store.find_jobs(tmp_path, ["model1"], 1, "abc")
+    [job], _ = disk.find_jobs(tmp_path, ["model1"], 1, "abc")
     assert job.model_checksum == file_sha256(d / "model.keras")
     (d / "model.keras").write_bytes(b"another model")
     with pytest.raises(UserError, match="model1/fold-0: refused, the job is not what train finished"):
-        store.find_jobs(tmp_path, ["model1"], 1, "abc")
+        disk.find_jobs(tmp_path, ["model1"], 1, "abc")
     (d / "model.keras").unlink()                         # marked finished, model gone
     with pytest.raises(UserError, match="model.keras is missing"):
-        store.find_jobs(tmp_path, ["model1"], 1, "abc")
+        disk.find_jobs(tmp_path, ["model1"], 1, "abc")

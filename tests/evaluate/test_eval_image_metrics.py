@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lenshpc.config import UserError
-from lenshpc.evaluate import compare, image_metrics as IM, store, tables
+from lenshpc.evaluate import compare, disk, image_metrics as IM, tables
 
 #: One row of 101 pixels 0, 1, ..., 100: numpy's 1st and 99th percentiles are exactly 1, 99.
 RAMP = np.arange(101.0)[None, :]
@@ -112,12 +112,12 @@ def test_ring_ssim_masks_both_images_with_the_true_ring():
 
 def test_job_normalize_comes_from_run_json():
     def job(run):
-        return store.JobRun("model1", 0, 0, store.Path("."), run)
-    assert store.job_normalize(job({})) == "max"                       # before train records it
-    assert store.job_normalize(job({"train": {"batch_size": 8}})) == "max"
-    assert store.job_normalize(job({"train": {"normalize": "study"}})) == "study"
+        return disk.JobRun("model1", 0, 0, disk.Path("."), run)
+    assert disk.job_normalize(job({})) == "max"                       # before train records it
+    assert disk.job_normalize(job({"train": {"batch_size": 8}})) == "max"
+    assert disk.job_normalize(job({"train": {"normalize": "study"}})) == "study"
     with pytest.raises(UserError, match="train.normalize is 'minmax'"):
-        store.job_normalize(job({"train": {"normalize": "minmax"}}))
+        disk.job_normalize(job({"train": {"normalize": "minmax"}}))
 
 
 def test_predictor_normalises_its_input_like_training():

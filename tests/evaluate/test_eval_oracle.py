@@ -20,7 +20,7 @@ import pytest
 
 from lenshpc.config import load
 from lenshpc.dataset.columns import TARGETS
-from lenshpc.evaluate import kernels, report, run, store, tables
+from lenshpc.evaluate import disk, report, run, scoring, tables
 from lenshpc.simulate.render import Renderer
 from tests.conftest import lenshpc, write_config
 
@@ -32,7 +32,7 @@ def read_images(ds) -> np.ndarray:
 
 def _entry(ds, pred, renderer, key, scores=None):
     images = read_images(ds)
-    scores = scores or kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, pred, images,
+    scores = scores or scoring.score_chunk(renderer, ds.truth_names, ds.truth_test, pred, images,
                                        1e-3, 0.9)
     model, fold = key.split("/")
     return {"index": ds.test_index, "true": ds.true_test, "pred": pred, **scores,
@@ -44,7 +44,7 @@ def _entry(ds, pred, renderer, key, scores=None):
 
 
 def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_data):
-    ds = store.read_held_out(eval_data)
+    ds = disk.read_held_out(eval_data)
     ds_cfg = ds.config
     renderer = Renderer(ds_cfg.image)
     oracle = ds.true_test.copy()          # the lookup: predictions are the true values
@@ -77,13 +77,13 @@ def test_oracle_job_zero_errors_r2_one_infinite_psnr(tmp_path, eval_cfg, eval_da
     assert np.all(np.isfinite(preds["offset/fold-0"]["psnr"]))
     out = tmp_path / "report"
     out.mkdir()
-    store.write_predictions(out / store.PREDICTIONS, preds, reuse=set(), root_attrs={})
+    disk.write_predictions(out / disk.PREDICTIONS, preds, reuse=set(), root_attrs={})
     jobs = []
     for key in preds:
         model, fold = key.split("/")
         d = tmp_path / "runs" / key
         d.mkdir(parents=True)
-        jobs.append(store.JobRun(model, int(fold[5:]), 0, d, {"p1": 0.0, "p2": 0.0}))
+        jobs.append(disk.JobRun(model, int(fold[5:]), 0, d, {"p1": 0.0, "p2": 0.0}))
     cfg = load(eval_cfg)
     outcome = run.Outcome(evaluated=list(preds), reused=[], n_ranks=1, work_seconds=1.0,
                           cpu_seconds=1.0, n_images=0)
@@ -113,17 +113,17 @@ def test_reference_image_with_noise_is_the_noise_free_render(tmp_path):
     cfg = write_config(tmp_path / "noisy.yaml", image={"size": 32, "background_rms": 0.05},
                        dataset={"n_images": 24, "test_fraction": 0.25, "n_folds": 2, "shard_size": 24})
     lenshpc("simulate", "--config", cfg, "--out", tmp_path / "noisy", "--no-progress", check=True)
-    ds = store.read_held_out(tmp_path / "noisy")
+    ds = disk.read_held_out(tmp_path / "noisy")
     ds_cfg = ds.config
     assert ds_cfg.image.noise
     renderer = Renderer(ds_cfg.image)
     stored = read_images(ds)
-    ref = kernels.reference_images(renderer, ds.truth_names, ds.truth_test, stored, noise=True)
+    ref = scoring.reference_images(renderer, ds.truth_names, ds.truth_test, stored, noise=True)
     assert ref.shape == stored.shape and not np.array_equal(ref, stored)
-    scores = kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, ref, 1e-3, 0.9)
+    scores = scoring.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, ref, 1e-3, 0.9)
     assert np.all(np.isinf(scores["psnr"]))                 # the oracle is perfect again
     # against the noisy image the oracle would score about 10 log10(1 / rms^2) ~ 26 dB
-    noisy = kernels.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, stored, 1e-3, 0.9)
+    noisy = scoring.score_chunk(renderer, ds.truth_names, ds.truth_test, ds.true_test, stored, 1e-3, 0.9)
     assert np.all(noisy["psnr"] < 40)
 
 
@@ -135,5 +135,5 @@ def test_reference_image_with_noise_is_the_noise_free_render(tmp_path):
     ((1.0, 0.1, float("inf"), 0.0), (1.0, 0.0, 0.0, True)),
 ])
 def test_predictions_are_moved_into_the_renderable_domain(pred, expect):
-    got = kernels.renderable(pred[0], pred[2], pred[3], 1e-3, 0.9)
+    got = scoring.renderable(pred[0], pred[2], pred[3], 1e-3, 0.9)
     assert got[:3] == pytest.approx(expect[:3]) and got[3] is expect[3]

@@ -94,7 +94,7 @@ def test_a_signal_to_mpirun_stops_training_and_the_rerun_resumes(train_data, cfg
 
 def test_sigterm_to_horovodrun_stops_training_and_the_rerun_resumes(train_data, cfg, tmp_path):
     """horovodrun --gloo passes TERM on to the ranks and exits 1 itself (its own
-    traceback: "one or more processes exited with non-zero status ... Exit code: 75")."""
+    traceback: "one or more processes exited with non-zero status")."""
     runs = tmp_path / "runs"
     cmd = [str(Path(PYTHON).parent / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2",
            PYTHON, "-m", "lenshpc", *_train_args(cfg, train_data, runs)]
@@ -102,7 +102,9 @@ def test_sigterm_to_horovodrun_stops_training_and_the_rerun_resumes(train_data, 
     _wait_for_epochs(runs, proc)
     code, out = _signal_launcher(proc, "SIGTERM")
     assert code == 1, out[-3000:]
-    assert "stopped by SIGTERM" in out and "Exit code: 75" in out, out[-3000:]
+    # The ranks have Horovod's 5 s to exit after their stop line; on a loaded machine
+    # Horovod's shutdown can take longer, and horovodrun then kills them (143, 137).
+    assert "stopped by SIGTERM" in out, out[-3000:]
     done = len(history_rows(runs, JOB_PATH)) - 1
     assert 1 <= done < EPOCHS
     _assert_resumes(cmd, runs, done)

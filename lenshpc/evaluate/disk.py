@@ -33,7 +33,7 @@ from lenshpc.config.train import parse_job_key
 from lenshpc.dataset import INDEX, SHARDS
 from lenshpc.dataset.folder import open_dataset
 from lenshpc.dataset.index import DatasetIndex, check_shard, read_items
-from lenshpc.evaluate.kernels import first_nonfinite, true_parameters
+from lenshpc.evaluate.scoring import first_nonfinite, true_parameters
 from lenshpc.io import atomic_path
 from lenshpc.runs import MODEL_FILE, TRAIN_PRODUCT, JobRun, find_jobs  # noqa: F401 (the job folder's owner)
 
