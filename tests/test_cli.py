@@ -48,4 +48,4 @@ def test_world_rank_stays_importable_and_reads_the_table(monkeypatch):
 def test_user_error_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["config", "check", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"lenshpc config: error: config file not found: {tmp_path / 'missing.yaml'}"]
+    assert err == [f"lenshpc config: error: CONFIG {tmp_path / 'missing.yaml'}: not found"]

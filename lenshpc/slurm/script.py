@@ -258,6 +258,11 @@ def _train(cfg: Config, paths: Paths, setup: tuple[str, ...]) -> list[str]:
         forward = [
             f"# {t.launcher} passes USR1 and TERM on to every rank.",
             'forward_to_launcher() { kill -s "$1" "$launcher" 2>/dev/null || true; }',
+        ] if t.launcher != "mpirun" else [
+            "# mpirun passes USR1 on to every rank and waits for them; on TERM it kills them",
+            "# 1 s later and exits 1 (docs/cluster.md). Training stops alike on either, so it",
+            "# is sent USR1: the ranks checkpoint and mpirun returns their 75.",
+            'forward_to_launcher() { kill -s USR1 "$launcher" 2>/dev/null || true; }',
         ]
     sharing = t.gpu_sharing()
     gpu_note = ([f"# {t.gpus} GPU(s) per node, --device gpu: a task given GPUs never trains "

@@ -60,9 +60,9 @@ def test_runs_from_another_dataset_are_refused_and_nothing_is_lost(tmp_path, cap
 
 
 @pytest.mark.parametrize("case, message", [
-    ("no-data", "no such directory"),
+    ("no-data", ": not found"),
     ("incomplete-data", "no dataset.h5"),
-    ("no-runs", "no such directory"),
+    ("no-runs", ": not found"),
     ("no-finished-job", "no finished job to evaluate"),
     ("mc-1", "--mc-samples 1: must be 0 (off) or at least 2"),
     ("out-is-a-file", "--out"),

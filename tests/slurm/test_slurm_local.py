@@ -41,7 +41,7 @@ def test_run_bad_input_is_one_line(tmp_path):
     proc = lenshpc("run", "--config", tmp_path / "missing.yaml", "--workdir", tmp_path / "w")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"lenshpc run: error: config file not found: {tmp_path / 'missing.yaml'}"]
+        f"lenshpc run: error: --config {tmp_path / 'missing.yaml'}: not found"]
     assert not (tmp_path / "w").exists()
     proc = lenshpc("run", "--config", tmp_path / "missing.yaml", "--workdir", tmp_path / "w",
                    "--np", "0")

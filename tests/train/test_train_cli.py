@@ -47,7 +47,7 @@ def _incomplete(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("case, args, message", [
-    ("no dataset", ["--job", "0"], "dataset directory not found"),
+    ("no dataset", ["--job", "0"], ": not found"),
     ("incomplete", ["--job", "0"], "is incomplete (no dataset.h5 yet)"),
     ("no split", ["--job", "0"], "has no 'split' array"),
     ("missing shard", ["--job", "0"], "shard shards/shard-"),
@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_and_exit_2(train_cfg, train_data, tmp_path, case,
 def test_missing_config_file(tmp_path):
     proc = lenshpc("train", "--config", tmp_path / "none.yaml", "--list-jobs")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"lenshpc train: error: config file not found: {tmp_path / 'none.yaml'}"
+    assert proc.stderr.strip() == f"lenshpc train: error: --config {tmp_path / 'none.yaml'}: not found"
 
 
 @pytest.mark.mpi
