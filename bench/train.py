@@ -72,8 +72,8 @@ STREAM = {"shuffle_buffer": 1024, "stream_shards": 4}
 def _setup(config: str, data: str):
     from lenshpc.config import load
     from lenshpc.config.train import jobs
-    from lenshpc.train.edge import init_horovod
     from lenshpc.train.plan import plan_job
+    from lenshpc.train.process import init_horovod
     cfg = load(config)
     job = jobs(cfg.train, cfg.dataset.n_folds)[JOB]
     plan = plan_job(cfg, job, data, tempfile.mkdtemp())

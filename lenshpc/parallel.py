@@ -32,7 +32,7 @@ class World:
     """The processes of this run: ``comm`` is an mpi4py communicator or None (serial).
 
     A training process passes an object with the same ``allgather`` and ``bcast`` over
-    Horovod's collectives (:class:`lenshpc.train.edge.HorovodComm`)."""
+    Horovod's collectives (:class:`lenshpc.train.process.HorovodComm`)."""
 
     rank: int = 0
     size: int = 1

@@ -6,7 +6,7 @@ One job = one dropout model on one fold. Modules, in the order a job meets them:
 - ``plan``: the job's plan, checked before TensorFlow starts (lock, config, dataset, fold,
   checkpoint);
 - ``run``: the Horovod driver;
-- ``edge``: signals, Horovod's start, the device pinned, the memory limit;
+- ``process``: the process itself: signals, Horovod's start, the device pinned, the memory limit;
 - ``device``: which device, precision step and input a rank uses (pure decisions);
 - ``data``: dataset checks, fold items, target statistics, a rank's share in memory,
   per-epoch order, batches;

@@ -80,8 +80,8 @@ def main(args: argparse.Namespace) -> int:
     if args.device is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=args.device))
     job = select_job(cfg, args.job, args.model, args.fold)
-    from lenshpc.train.edge import StopRequest
     from lenshpc.train.plan import plan_job
+    from lenshpc.train.process import StopRequest
     from lenshpc.train.run import run_job
     # Catch Slurm's warning signals from the start; the loop acts on them between steps.
     stop = StopRequest()

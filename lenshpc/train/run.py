@@ -32,9 +32,9 @@ from lenshpc.config import UserError
 from lenshpc.lock import clear_done
 from lenshpc.parallel import EXIT_STOPPED, World
 from lenshpc.train import data
-from lenshpc.train.edge import HorovodComm, StopRequest, init_horovod, memory_limit_bytes
 from lenshpc.train.plan import JobPlan, launcher_rank
 from lenshpc.train.preprocess import normalize
+from lenshpc.train.process import HorovodComm, StopRequest, init_horovod, memory_limit_bytes
 from lenshpc.train.state import (
     JobFiles,
     TrainState,

@@ -155,7 +155,7 @@ def test_horovod_xla_operations_stay_off_on_the_cpu(device):
     """Horovod's XLA operations serve a GPU step only; loaded on the CPU they slowed every
     step by about a fifth (docs/performance.md). Horovod reads the switch when it loads."""
     import subprocess
-    code = ("import os; from lenshpc.train.edge import init_horovod; "
+    code = ("import os; from lenshpc.train.process import init_horovod; "
             f"_, hvd, record, _ = init_horovod(1, {device!r}); "
             "print(record['device'], os.environ.get('HOROVOD_ENABLE_XLA_OPS'))")
     e = env()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lenshpc.train.edge import cgroup_limit_files
+from lenshpc.train.process import cgroup_limit_files
 from tests.conftest import PYTHON, env
 
 V1 = Path("/sys/fs/cgroup/memory")
@@ -37,7 +37,7 @@ def test_a_real_nested_cgroup_limit_is_seen():
         pytest.skip(f"cannot make a memory cgroup here ({exc.strerror})")
     try:
         code = ("import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()));"
-                "from lenshpc.train.edge import memory_limit_bytes; print(memory_limit_bytes())")
+                "from lenshpc.train.process import memory_limit_bytes; print(memory_limit_bytes())")
         # The child moves itself into the cgroup before it asks.
         proc = subprocess.run([PYTHON, "-c", code, str(group / "cgroup.procs")],
                               capture_output=True, text=True, env=env(), timeout=120)

@@ -1,4 +1,4 @@
-"""The edges of a training process: signals, Horovod's start, the device and memory.
+"""The training process itself: its signals, Horovod's start, the device and memory.
 
 :class:`StopRequest` turns SIGTERM/SIGUSR1 into a flag the training loop checks between
 steps. :func:`init_horovod` starts Horovod, checks and pins the device by local rank (a
