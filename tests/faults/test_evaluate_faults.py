@@ -285,7 +285,7 @@ def test_a_read_only_out_fails_at_once(tmp_path, eval_data, eval_runs, cfg_nofig
         elapsed = time.monotonic() - t0
     finally:
         _writable(tmp_path / "report")
-    one_line(proc, f"--out {tmp_path / where}", "cannot write there")
+    one_line(proc, f"--out {tmp_path / where}", "cannot write in")
     assert "evaluating" not in proc.stdout and "already evaluated" not in proc.stdout
     assert elapsed < 60, elapsed   # no TensorFlow start, no prediction
     assert not any((tmp_path / "report").iterdir())

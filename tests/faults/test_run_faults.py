@@ -216,7 +216,7 @@ def test_agreed_user_error_under_mpirun_is_one_line_without_mpi_abort(tmp_path, 
     if quiet:
         cmd.insert(1, "-q")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=120)
-    line = f"lenshpc simulate: error: cannot write to --out {blocker / 'sub'}: Not a directory"
+    line = f"lenshpc simulate: error: --out {blocker / 'sub'}: {blocker} is a file, not a folder"
     assert proc.returncode == 2, proc.stderr
     assert "MPI_ABORT" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -40,4 +40,4 @@ def test_out_below_a_file_is_one_line(train_cfg, train_data, tmp_path):
                    "--out", tmp_path / "FILE" / "sub", "--job", 0)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "is a file, not a directory" in lines[0], proc.stderr
+    assert len(lines) == 1 and "is a file, not a folder" in lines[0], proc.stderr

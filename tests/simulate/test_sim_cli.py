@@ -209,7 +209,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(small, tmp_path):
         _writable_again(locked)
     not_a_dir = tmp_path / "file.txt"
     not_a_dir.write_text("precious")
-    _one_line_error(lenshpc("simulate", "--config", cfg, "--out", not_a_dir), "not a directory")
+    _one_line_error(lenshpc("simulate", "--config", cfg, "--out", not_a_dir), "a file, not a folder")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("precious")
