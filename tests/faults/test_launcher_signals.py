@@ -115,13 +115,22 @@ def test_sigterm_to_horovodrun_stops_training_and_the_rerun_resumes(train_data, 
 
 def test_sigterm_to_srun_stops_training_and_the_rerun_resumes(slurm_cluster, train_data, cfg,
                                                               tmp_path):
-    """srun passes TERM on to every task and returns their status: 75."""
+    """srun passes TERM on to every task and returns their status, or kills them."""
     plugins = slurm_cluster.run("srun", "--mpi=list").stdout
     mpi = "pmix" if "pmix" in plugins else "pmi2"
     runs = tmp_path / "runs"
     cmd = ["srun", "-n", "2", f"--mpi={mpi}", PYTHON, "-m", "mpi4py", "-m", "lenshpc",
            *_train_args(cfg, train_data, runs)]
-    _stop_and_resume(cmd, runs, "SIGTERM", 75)
+    # srun kills the tasks Slurm's KillWait after the TERM: 75 when they checkpoint and
+    # exit within it, 137 on a loaded node; either way the rerun resumes.
+    proc = _start(cmd)
+    _wait_for_epochs(runs, proc)
+    code, out = _signal_launcher(proc, "SIGTERM")
+    assert code in (75, 137), out[-3000:]
+    assert code == 137 or "stopped by SIGTERM" in out, out[-3000:]
+    done = len(history_rows(runs, JOB_PATH)) - 1
+    assert 1 <= done < EPOCHS
+    _assert_resumes(cmd, runs, done)
 
 
 def test_a_resume_on_another_rank_count_says_it_is_not_bit_identical(train_data, tmp_path):
@@ -143,7 +152,7 @@ def test_a_resume_on_another_rank_count_says_it_is_not_bit_identical(train_data,
 
 def test_sigterm_to_mpirun_stops_simulate_and_the_rerun_completes(tmp_path):
     config = write_config(tmp_path / "sim.yaml", image={"size": 32, "pixel_scale": 0.15},
-                          dataset={"n_images": 1200, "n_folds": 2, "shard_size": 20})
+                          dataset={"n_images": 20000, "n_folds": 2, "shard_size": 20})
     out = tmp_path / "dataset"
     cmd = mpirun_cmd(2, "simulate", "--config", config, "--out", out, "--no-progress")
     proc = _start(cmd)
