@@ -253,7 +253,6 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     where = path or "(top level)"
     if not isinstance(data, Mapping):
         raise UserError(f"config {where}: {_fmt(data)} is not a mapping")
-    section = issubclass(cls, Section)
     if issubclass(cls, Section):
         data = cls.complete_yaml(dict(data), path)
     hints = typing.get_type_hints(cls)
@@ -276,7 +275,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         _check_bounds(f.metadata, value, sub)
         kwargs[name] = value
     obj = cls(**kwargs)
-    if section:
+    if isinstance(obj, Section):
         obj.validate(path)
     return obj
 
