@@ -216,7 +216,8 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(small, tmp_path):
     _one_line_error(lenshpc("simulate", "--config", cfg, "--out", foreign), "not a lenshpc dataset")
     assert not_a_dir.read_text() == "precious" and (foreign / "notes.txt").read_text() == "precious"
     proc = lenshpc("dataset", "info", tmp_path / "nothing")
-    assert proc.returncode == 2 and "no such dataset" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("lenshpc dataset: error:") and "nothing: not found" in proc.stderr
 
 
 def test_overwrite_replaces_a_dataset_from_another_config(small, tmp_path):
