@@ -43,9 +43,11 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+def exclusive(folder: str | os.PathLike, what: str,
+              shown: str | os.PathLike | None = None) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if needed) for the block; UserError if another
-    live process holds it. ``what`` names the product in the message ("dataset", ...)."""
+    live process holds it. ``what`` names the product in the message ("dataset", ...), and
+    ``shown`` the path the user gave, where the lock's folder is not it."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -60,11 +62,14 @@ def exclusive(folder: str | os.PathLike, what: str) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise UserError(f"cannot lock {what} {folder}: {exc.strerror}") from None
-            raise UserError(f"{what} {folder} is being written by {_holder(path)}; wait for it "
-                            f"to finish or stop it (its lock: {path})") from None
+            raise UserError(f"{what} {shown or folder} is being written by {_holder(path)}; "
+                            f"wait for it to finish or stop it (its lock: {path})") from None
         stamp = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, stamp.encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, stamp.encode(), 0)
+        except OSError:
+            pass   # a full disk: the lock is held all the same, only its holder is unnamed
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -16,7 +16,9 @@ calibration is one scale s_p per parameter of the spread about the mean: the
 ``target`` quantile of ``|y - mean| / std`` over held-out items, so that mean +- s_p std
 covers ``target`` of them (:func:`fit_scale`); applied to samples as
 ``mean + s_p (sample - mean)`` (:func:`scale_samples`), which scales the standard
-deviation by s_p and moves every percentile away from the mean by the factor s_p.
+deviation by s_p and moves every percentile away from the mean by the factor s_p. A fold
+ensemble has no held-out items but the test set; its spread is calibrated from its jobs'
+scales and the folds' disagreement (:func:`calibrate_ensemble`).
 
 TARP (Lemos, Coogan et al. 2023, arXiv:2302.03026) tests the joint distribution of the
 P parameters: :func:`tarp_ecp` wraps the ``tarp`` package's ``get_tarp_coverage``.
@@ -119,24 +121,69 @@ def scale_samples(samples: np.ndarray, scale) -> np.ndarray:
     return centre + k * (s - centre)
 
 
+def _job_scale(scale) -> np.ndarray | None:
+    if scale is None:
+        return None
+    k = np.array([np.nan if v is None else float(v) for v in scale], dtype=np.float64)
+    return None if np.isnan(k).all() else k
+
+
+def calibrate_ensemble(per_job: Sequence[np.ndarray], scales: Sequence[Sequence[float | None]
+                                                                       | None]) -> np.ndarray:
+    """The fold ensemble of one model, calibrated: ``per_job`` (S_k, N, P) each job's
+    passes, ``scales`` each job's P validation scales (None or nan: not calibrated, that
+    job or parameter is taken as it is). Returns the pooled samples (sum S_k, N, P),
+    scaled per item and parameter about the ensemble mean so that their std is
+    ``sqrt(V)`` (docs/predict.md, "How it transfers to the ensemble"):
+
+    - each job's samples are first scaled about its own mean by its scale, so that job
+      k's spread s_k sigma_k is its calibrated error: W = mean_k (s_k sigma_k)^2 estimates
+      E[(m_k - y)^2] = Var(b) + Var(eps), where m_k = y + b + eps_k (b shared by the folds,
+      eps_k each fold's own);
+    - the folds' disagreement B = var_k(m_k) (ddof 0) estimates Var(eps) (K - 1) / K;
+    - the ensemble mean's error has variance Var(b) + Var(eps) / K, hence
+      V = max(W - B, B / (K - 1)), the floor being Var(b) = 0; V = W for one job.
+    """
+    arrays = [_f64(a) for a in per_job]
+    ks = [_job_scale(sc) for sc in scales]
+    if all(k is None for k in ks):
+        return np.concatenate(arrays)
+    jobs = [scale_samples(a, np.full(a.shape[-1], np.nan) if k is None else k)
+            for a, k in zip(arrays, ks, strict=True)]
+    pooled = np.concatenate(jobs)
+    if len(jobs) == 1:
+        return pooled
+    means = np.stack([a.mean(axis=0) for a in jobs])                 # (K, N, P)
+    within = np.mean([a.var(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1:])
+                      for a in jobs], axis=0)
+    between = means.var(axis=0)
+    K = len(jobs)
+    target = np.sqrt(np.maximum(within - between, between / (K - 1)))
+    centre = pooled.mean(axis=0, keepdims=True)
+    spread = pooled.std(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(spread > 0, target / spread, 1.0)
+    # a parameter no job calibrates stays as the jobs give it
+    calibrated = np.array([any(k is not None and np.isfinite(k[p]) for k in ks)
+                           for p in range(pooled.shape[-1])])
+    t = np.where(calibrated[None, :], t, 1.0)
+    return centre + t[None] * (pooled - centre)
+
+
 def scale_by_model(per_job: Sequence[np.ndarray], models: Sequence[str],
-                   scales: Mapping[str, Sequence[float | None] | None]) -> np.ndarray:
+                   scales: Sequence[Sequence[float | None] | None]) -> np.ndarray:
     """The samples of several jobs, each model's calibrated: ``per_job`` (S_j, N, P) in job
-    order, ``models`` each job's model, ``scales`` model -> P scales (None: unscaled).
-    Each model's samples (all its jobs together, the mixture ``lenshpc predict`` forms)
-    are scaled about that model's mean; returns them concatenated in job order."""
-    out = [_f64(a).copy() for a in per_job]
+    order, ``models`` each job's model, ``scales`` each job's P validation scales (None:
+    not calibrated). Each model's fold ensemble is calibrated by
+    :func:`calibrate_ensemble`, the mixture ``lenshpc predict`` summarises; returns every
+    job's samples concatenated in job order."""
+    out = [_f64(a) for a in per_job]
     for model in dict.fromkeys(models):
         rows = [i for i, m in enumerate(models) if m == model]
-        scale = scales.get(model)
-        if scale is None:
-            continue
-        k = np.array([np.nan if v is None else float(v) for v in scale])
-        mixture = np.concatenate([out[i] for i in rows])
-        scaled = scale_samples(mixture, k)
+        calibrated = calibrate_ensemble([out[i] for i in rows], [scales[i] for i in rows])
         starts = np.cumsum([0] + [len(out[i]) for i in rows])
         for i, a, b in zip(rows, starts[:-1], starts[1:], strict=True):
-            out[i] = scaled[a:b]
+            out[i] = calibrated[a:b]
     return np.concatenate(out)
 
 

@@ -36,12 +36,15 @@ PARTS = ("validation", "test")
 METHOD = (
     "Per job, the scale s_p of parameter p is the 0.6827 quantile (inverted CDF) of "
     "|y - mean| / std over the job's validation fold (split == fold), mean and std "
-    "(ddof=1) over its own MC-dropout passes. Per model, the fold ensemble x MC dropout "
-    "(every fold's passes pooled, as lenshpc predict forms it) takes the median of its "
-    "jobs' scales: no item is held out from the ensemble except the test set (each job's "
-    "validation items trained the model's other folds), so its scale cannot be fitted on "
-    "validation data; it is transferred, and its coverage is measured on the test set. A "
-    "scale multiplies every sample's distance from the mean (mean + s (x - mean)); null: "
+    "(ddof=1) over its own MC-dropout passes. The fold ensemble x MC dropout (every fold's "
+    "passes pooled, as lenshpc predict forms it) has no held-out items but the test set "
+    "(each job's validation items trained the model's other folds), so its spread is not "
+    "fitted but derived: each job's passes scaled by its own s_p about its own mean give its "
+    "calibrated error variance W (mean over the folds); the folds' disagreement B (variance "
+    "of their means) is the part of it that averaging over the K folds removes, so the "
+    "ensemble mean's error variance is V = max(W - B, B / (K - 1)), and the pooled samples "
+    "are scaled about the ensemble mean, per item, to std sqrt(V). Its coverage is then "
+    "measured on the test set. The model's scale shown is the median of its jobs'; null: "
     "no MC spread (no dropout), not calibrated.")
 
 
@@ -206,16 +209,15 @@ def results(jobs, passes: dict, truth_validation: dict, truth_test: np.ndarray,
         model_scale = (np.full(len(TARGETS), np.nan) if np.isnan(scales).all(axis=0).all()
                        else _nanmedian(scales))
         for i in positions:
-            v, yv = passes[(i, "validation")], truth_validation[(i, "validation")]
-            val_after_model.append(_cov(cal.scale_samples(v, model_scale), yv))
+            val_after_model.append(job_entries[jobs[i].key]["validation"]["after"])
         ens = np.concatenate([passes[(i, "test")] for i in positions])
-        ens_after = cal.scale_samples(ens, model_scale)
+        ens_after = cal.calibrate_ensemble([passes[(i, "test")] for i in positions], job_scales)
         tarp_b, tarp_a = _tarp(ens, truth_test, seed), _tarp(ens_after, truth_test, seed)
         has_dropout = any(dropout[i] for i in positions)
         record["models"][model] = {
             "has_dropout": has_dropout, "scale": _by_param(model_scale),
-            "transfer": ("median over the jobs' validation-fold scales, applied to the fold "
-                         "ensemble x MC dropout" if has_dropout else
+            "transfer": ("each job's validation scale on its own passes, the ensemble's "
+                         "spread from those and the folds' disagreement (method)" if has_dropout else
                          "none: no dropout, no MC spread; the spread is the fold ensemble's "
                          "only and is not calibrated"),
             "n_jobs": len(positions), "n_samples": int(ens.shape[0]),

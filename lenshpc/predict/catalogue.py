@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ def table(sources: list[str], stats: np.ndarray, flags: np.ndarray, provenance: 
         "LENSHPC": provenance["lenshpc_version"], "CONFIG": provenance["config_name"],
         "CONFSHA": provenance["config_sha256"], "MCSAMPL": provenance["mc_samples"],
         "NMODELS": len(provenance["models"]), "RESAMPLE": bool(provenance["resample"]),
-        # the calibration file's sha256 and its scales (model -> theta_E, q, e1, e2), or none
+        # the calibration file's sha256 and its scales (job -> theta_E, q, e1, e2), or none
         "CALIB": (provenance.get("calibration") or {}).get("sha256", "none"),
         "CALSCALE": json.dumps((provenance.get("calibration") or {}).get("scales")),
         "PROVJSON": json.dumps(provenance, sort_keys=True)})
@@ -85,9 +84,15 @@ def provenance_key(provenance: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- partial results
 
 
+def partial_root(out: Path) -> Path:
+    """Folder beside ``out`` that holds the lock of the run writing ``out`` and, one
+    sub-folder per provenance key, the chunks it finished."""
+    return Path(out).with_name(f".{Path(out).name}.partial")
+
+
 def partial_dir(out: Path, key: str) -> Path:
     """Folder of the partial results of the run writing ``out`` under ``key``."""
-    return Path(out).with_name(f".{Path(out).name}.partial-{key[:16]}")
+    return partial_root(out) / key[:16]
 
 
 def chunk_path(folder: Path, start: int) -> Path:
@@ -97,9 +102,12 @@ def chunk_path(folder: Path, start: int) -> Path:
 def save_chunk(folder: Path, start: int, stats: np.ndarray, flags: np.ndarray) -> None:
     """One chunk's results, written atomically (a file under its final name is whole)."""
     folder.mkdir(parents=True, exist_ok=True)
+    import io
+    buffer = io.BytesIO()   # built in memory: a full disk fails in one write, not inside zipfile
+    np.savez(buffer, stats=stats, flags=flags)
     with atomic_path(chunk_path(folder, start)) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, stats=stats, flags=flags)
+            f.write(buffer.getbuffer())
 
 
 def load_chunk(folder: Path, start: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -122,8 +130,7 @@ def load_chunk(folder: Path, start: int, n: int) -> tuple[np.ndarray, np.ndarray
     return stats, flags
 
 
-def remove_partial(folder: Path) -> None:
-    if folder.is_dir():
-        for p in folder.iterdir():
-            p.unlink(missing_ok=True)
-        os.rmdir(folder)
+def remove_partial(out: Path) -> None:
+    """Remove every partial result beside ``out`` (all keys) and the lock file."""
+    import shutil
+    shutil.rmtree(partial_root(out), ignore_errors=True)

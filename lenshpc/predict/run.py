@@ -17,6 +17,7 @@ A problem on any rank is one UserError raised on every rank (exit 2, one line).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -29,22 +30,10 @@ import numpy as np
 
 from lenshpc import __version__
 from lenshpc.config import Config, UserError
+from lenshpc.lock import exclusive
 from lenshpc.parallel import World, split_evenly, world as get_world
+from lenshpc.paths import check_output_file
 from lenshpc.predict import catalogue, inputs, kernels
-
-
-def _on_root(world: World, step: Callable[[], Any]) -> Any:
-    """``step()`` on rank 0; its value on every rank, or its UserError on every rank."""
-    outcome = None
-    if world.is_root:
-        try:
-            outcome = (True, step())
-        except UserError as exc:
-            outcome = (False, str(exc))
-    ok, value = world.bcast(outcome)
-    if not ok:
-        raise UserError(value)
-    return value
 
 
 def _log(world: World, text: str) -> None:
@@ -81,16 +70,6 @@ class Plan:
     mc: int
 
 
-def _check_out(out: str) -> Path:
-    path = Path(out)
-    parent = path.absolute().parent
-    if path.is_dir():
-        raise UserError(f"--out {out}: a folder; give a catalogue file name (.fits or .csv)")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: cannot write in {parent}")
-    return path
-
-
 def _check_scales(cutouts: list[inputs.Cutout], train_scale: float, resample: bool) -> None:
     for c in cutouts:
         if c.pixel_scale is None:
@@ -125,8 +104,8 @@ def _calibration(s: Settings, jobs, mc: int) -> dict[str, Any] | None:
     return for_predict(s.calibration, jobs, mc)
 
 
-def _plan(cfg: Config, config_text: str, s: Settings) -> Plan:
-    out = _check_out(s.out)
+def _plan(cfg: Config, config_text: str, s: Settings, stack: contextlib.ExitStack) -> Plan:
+    out = check_output_file(s.out, "--out")
     cutouts, sums = inputs.scan(list(s.inputs), s.image, s.positions, s.pixel_scale)
     _check_scales(cutouts, cfg.image.pixel_scale, s.resample)
     jobs, normalize = _jobs(cfg, s)
@@ -144,6 +123,8 @@ def _plan(cfg: Config, config_text: str, s: Settings) -> Plan:
         "seed": cfg.seed, "calibration": _calibration(s, jobs, mc), "flags": kernels.FLAGS,
         "statistics": "over every fold x MC-dropout pass: mean, std (ddof=1), percentiles "
                       "16, 50, 84"}
+    # one run per catalogue at a time: the lock lives beside it, held by rank 0 to the end
+    stack.enter_context(exclusive(catalogue.partial_root(out), "catalogue", out))
     partial = catalogue.partial_dir(out, catalogue.provenance_key(provenance))
     done = {}
     for start in range(0, len(cutouts), cfg.evaluate.chunk_size):
@@ -190,7 +171,7 @@ def predict_chunk(plan: Plan, predictors: list, cfg: Config, start: int, stop: i
             for j, p in zip(plan.jobs, predictors, strict=True)]
         calibration = plan.provenance["calibration"]
         samples = np.concatenate(per_job) if calibration is None else scale_by_model(
-            per_job, [j.model for j in plan.jobs], calibration["scales"])
+            per_job, [j.model for j in plan.jobs], [calibration["scales"][j.key] for j in plan.jobs])
         if not np.isfinite(samples).all():
             raise UserError(f"a model predicts non-finite values for {plan.cutouts[start].source} "
                             f"or the cutouts after it; the model is unusable, train it again")
@@ -230,7 +211,13 @@ def predict(cfg: Config, config_text: str, s: Settings, world: World | None = No
     """Write the catalogue of ``s.inputs`` to ``s.out`` (module doc); returns 0."""
     world = world or get_world()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    plan: Plan = _on_root(world, lambda: _plan(cfg, config_text, s))
+    with contextlib.ExitStack() as lock:   # held by rank 0 until the catalogue is written
+        return _predict(cfg, config_text, s, world, lock)
+
+
+def _predict(cfg: Config, config_text: str, s: Settings, world: World,
+             lock: contextlib.ExitStack) -> int:
+    plan: Plan = world.on_root(lambda: _plan(cfg, config_text, s, lock))
     n = len(plan.cutouts)
     todo = n - sum(len(v[1]) for v in plan.done.values())
     _log(world, f"{n} cutouts x {len(plan.jobs)} job(s)"
@@ -261,7 +248,7 @@ def predict(cfg: Config, config_text: str, s: Settings, world: World | None = No
             catalogue.write(Path(s.out), t)
         except OSError as exc:
             raise UserError(f"cannot write {s.out}: {exc.strerror or exc}") from None
-        catalogue.remove_partial(plan.partial)
+        catalogue.remove_partial(Path(s.out))
         flagged = {name: int(np.count_nonzero(flags & bit)) for name, bit in kernels.FLAGS.items()}
         shown = ", ".join(f"{k} {v}" for k, v in flagged.items() if v) or "none"
         rate = todo / seconds if seconds > 0 and todo else float("nan")
@@ -270,5 +257,5 @@ def predict(cfg: Config, config_text: str, s: Settings, world: World | None = No
         _log(world, f"wrote {s.out}")
         sys.stdout.flush()
 
-    _on_root(world, write)
+    world.on_root(write)
     return 0

@@ -51,7 +51,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         catalogue_sha = file_sha256(cfg.population.catalogue)
     if cfg.image.psf == "pixel":
         from lenshpc.simulate.render import load_psf_kernel
-        load_psf_kernel(cfg.image.psf_kernel)
+        load_psf_kernel(cfg.image.psf_kernel, cfg.image.pixel_scale)
     w = world()
     out = Path(args.out)
     summary = simulate(cfg, out, w, overwrite=args.overwrite, catalogue=catalogue,

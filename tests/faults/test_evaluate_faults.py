@@ -210,7 +210,11 @@ def test_a_second_evaluate_into_the_same_report_is_refused(tmp_path, eval_cfg, e
                              text=True, env=env(), start_new_session=True)
     try:
         wait_for_line(first, "evaluating")   # it holds REPORT's lock from before this line
-        second = evaluate(cfg_nofig, eval_data, eval_runs, out, ranks=2)
+        os.killpg(first.pid, signal.SIGSTOP)  # held there: it cannot finish before the second
+        try:
+            second = evaluate(cfg_nofig, eval_data, eval_runs, out, ranks=2)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         one_line(second, f"report {out} is being written by pid {first.pid}")
         assert first.poll() is None   # the refusal did not disturb the first run
         _, stderr = first.communicate(timeout=TIMEOUT)

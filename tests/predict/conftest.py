@@ -55,7 +55,7 @@ def render(size: int, scale: float, theta_E: float, seed: int) -> np.ndarray:
     return img + rng.normal(0, 0.01 * img.max(), img.shape)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(config, runs) of one real 1-epoch job, model1 fold 0 (dropout 0.2/0.3)."""
     root = tmp_path_factory.mktemp("predict")
