@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 #: Where the fault cases live: every test there is a row of the table, and counted.
-FAULT_FILES = ["tests/faults", "tests/test_paths.py"]
+FAULT_FILES = ["tests/faults", "tests/test_paths.py", "tests/predict/test_predict_faults.py"]
 
 
 def _test_names(paths) -> list[str]:

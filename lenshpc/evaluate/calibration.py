@@ -27,7 +27,7 @@ P parameters: :func:`tarp_ecp` wraps the ``tarp`` package's ``get_tarp_coverage`
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -121,15 +121,17 @@ def scale_samples(samples: np.ndarray, scale) -> np.ndarray:
     return centre + k * (s - centre)
 
 
-def _job_scale(scale) -> np.ndarray | None:
+def _job_scale(scale: "JobScale") -> np.ndarray | None:
     if scale is None:
         return None
     k = np.array([np.nan if v is None else float(v) for v in scale], dtype=np.float64)
     return None if np.isnan(k).all() else k
 
 
-def calibrate_ensemble(per_job: Sequence[np.ndarray], scales: Sequence[Sequence[float | None]
-                                                                       | None]) -> np.ndarray:
+JobScale = Sequence[float | None] | np.ndarray | None
+
+
+def calibrate_ensemble(per_job: Sequence[np.ndarray], scales: Sequence[JobScale]) -> np.ndarray:
     """The fold ensemble of one model, calibrated: ``per_job`` (S_k, N, P) each job's
     passes, ``scales`` each job's P validation scales (None or nan: not calibrated, that
     job or parameter is taken as it is). Returns the pooled samples (sum S_k, N, P),
@@ -171,7 +173,7 @@ def calibrate_ensemble(per_job: Sequence[np.ndarray], scales: Sequence[Sequence[
 
 
 def scale_by_model(per_job: Sequence[np.ndarray], models: Sequence[str],
-                   scales: Sequence[Sequence[float | None] | None]) -> np.ndarray:
+                   scales: Sequence[JobScale]) -> np.ndarray:
     """The samples of several jobs, each model's calibrated: ``per_job`` (S_j, N, P) in job
     order, ``models`` each job's model, ``scales`` each job's P validation scales (None:
     not calibrated). Each model's fold ensemble is calibrated by

@@ -200,8 +200,15 @@ def _mosaic(path: str):
         from astropy.io import fits
         hdus = fits.open(path, memmap=True)
         hdu = next(h for h in hdus if h.data is not None and h.data.ndim == 2)
-        _MOSAICS[path] = (hdu.data, _celestial_wcs(hdu.header))
-    return _MOSAICS[path]
+        _MOSAICS[path] = (hdu.data, _celestial_wcs(hdu.header), hdus)
+    return _MOSAICS[path][:2]
+
+
+def close_mosaics() -> None:
+    """Close the mosaics :func:`read_pixels` keeps open."""
+    while _MOSAICS:
+        _, (_, _, hdus) = _MOSAICS.popitem()
+        hdus.close()
 
 
 def _mosaic_cutout(c: Cutout, size: int) -> tuple[np.ndarray, bool]:

@@ -43,17 +43,36 @@ def scale_mismatch(scale: float, train_scale: float) -> bool:
     return abs(scale - train_scale) > SCALE_TOLERANCE * train_scale
 
 
-def resample(pixels: np.ndarray, scale: float, train_scale: float) -> np.ndarray:
-    """``pixels`` of ``scale`` arcsec resampled to ``train_scale`` (cubic spline,
-    scipy.ndimage.zoom; NaN pixels are zero-filled first, then NaN again where they were)."""
+def resample(pixels: np.ndarray, scale: float, train_scale: float, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` pixels of ``train_scale`` arcsec of ``pixels`` (of
+    ``scale`` arcsec): cubic spline (``scipy.ndimage.map_coordinates``), output pixel j
+    sampling input position c_in + (j - c_out) train_scale / scale, so the cutout's centre
+    stays the image's centre and the new pixels are exactly ``train_scale``. NaN pixels are
+    zero-filled first, then NaN again where the nearest input pixel was."""
     from scipy import ndimage
-    factor = scale / train_scale
+    ratio = train_scale / scale
+    axes = [(n - 1) / 2 + (np.arange(size) - (size - 1) / 2) * ratio for n in pixels.shape]
+    coords = np.meshgrid(*axes, indexing="ij")
     bad = ~np.isfinite(pixels)
-    out = ndimage.zoom(np.where(bad, 0.0, pixels), factor, order=3, mode="nearest")
+    out = ndimage.map_coordinates(np.where(bad, 0.0, pixels), coords, order=3, mode="nearest")
     if bad.any():
-        mask = ndimage.zoom(bad.astype(np.float64), factor, order=0, mode="nearest") > 0.5
-        out[mask] = np.nan
+        out[ndimage.map_coordinates(bad.astype(np.float64), coords, order=0, mode="nearest") > 0.5] = np.nan
     return out
+
+
+def covers(shape: tuple[int, ...], scale: float, train_size: int, train_scale: float) -> bool:
+    """Whether a cutout of ``shape`` pixels of ``scale`` arcsec spans the training field
+    (``train_size`` pixels of ``train_scale``), within a hundredth of a pixel."""
+    return min(shape) * scale >= (train_size - 0.01) * train_scale
+
+
+def grab_size(kind: str, pixel_scale: float | None, train_size: int, train_scale: float,
+              resampled: bool) -> int:
+    """Pixels a side to read around a mosaic position: the training size, or, when
+    resampling, enough of the mosaic's own pixels to cover it (2 more for the spline)."""
+    if kind != "mosaic" or pixel_scale is None or not resampled:
+        return train_size
+    return int(np.ceil(train_size * train_scale / pixel_scale)) + 2
 
 
 def centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -71,8 +90,10 @@ def prepare(pixels: np.ndarray, scale: float | None, train_size: int, train_scal
     ``--resample``); with ``resampled`` the cutout is zoomed to ``train_scale``."""
     flag = FLAGS["EDGE"] if edge else 0
     if resampled and scale is not None and scale_mismatch(scale, train_scale):
-        pixels = resample(pixels, scale, train_scale)
         flag |= FLAGS["RESAMPLED"]
+        if not covers(pixels.shape, scale, train_size, train_scale):
+            return None, flag | FLAGS["SIZE"]
+        pixels = resample(pixels, scale, train_scale, train_size)
     if min(pixels.shape) < train_size:
         return None, flag | FLAGS["SIZE"]
     image = centre_crop(pixels, train_size)

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -156,9 +156,8 @@ def predict_chunk(plan: Plan, predictors: list, cfg: Config, start: int, stop: i
     flags = np.zeros(n, dtype=np.int32)
     images, rows = [], []
     for r, c in enumerate(plan.cutouts[start:stop]):
-        grab = size if c.kind != "mosaic" or c.pixel_scale is None or not resample else \
-            int(np.ceil(size * scale / c.pixel_scale)) + 2
-        pixels, edge = inputs.read_pixels(c, grab)
+        pixels, edge = inputs.read_pixels(
+            c, kernels.grab_size(c.kind, c.pixel_scale, size, scale, resample))
         image, flags[r] = kernels.prepare(pixels, c.pixel_scale, size, scale, resample, edge)
         if image is not None:
             images.append(image)
@@ -204,6 +203,7 @@ def _work(plan: Plan, cfg: Config, s: Settings, world: World) -> tuple[dict, str
         return out, f"cannot read or write {exc.filename or plan.partial}: {exc.strerror or exc}"
     finally:
         bar.close()
+        inputs.close_mosaics()
     return out, None
 
 
