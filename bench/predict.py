@@ -18,6 +18,7 @@ bench/predict.py [--n 256] [--mc 10]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -62,8 +63,8 @@ def main() -> int:
         plan = Plan(cutouts=cutouts, jobs=[type("J", (), {"key": "model1/fold-0", "model": "model1"})()],
                     normalize={}, ranges=np.array([[0, 9], [0, 1], [-1, 1], [-1, 1]], float),
                     provenance={"calibration": None}, partial=Path(tmp), done={}, mc=a.mc)
-        calibrated = Plan(**{**plan.__dict__, "provenance": {"calibration": {
-            "scales": {"model1/fold-0": [2.0, 2.0, 2.0, 2.0]}}}})
+        calibrated = dataclasses.replace(plan, provenance={"calibration": {
+            "scales": {"model1/fold-0": [2.0, 2.0, 2.0, 2.0]}}})
         predictor.predict_mc(images[:batch], batch, a.mc, (0, 0, 0))   # compile both paths
         predict_chunk(plan, [predictor], cfg, 0, min(batch, a.n), False)
 

@@ -121,14 +121,15 @@ def scale_samples(samples: np.ndarray, scale) -> np.ndarray:
     return centre + k * (s - centre)
 
 
-def _job_scale(scale: "JobScale") -> np.ndarray | None:
+#: One job's P validation scales (None or nan where not calibrated), or None for none.
+JobScale = Sequence[float | None] | np.ndarray | None
+
+
+def _job_scale(scale: JobScale) -> np.ndarray | None:
     if scale is None:
         return None
     k = np.array([np.nan if v is None else float(v) for v in scale], dtype=np.float64)
     return None if np.isnan(k).all() else k
-
-
-JobScale = Sequence[float | None] | np.ndarray | None
 
 
 def calibrate_ensemble(per_job: Sequence[np.ndarray], scales: Sequence[JobScale]) -> np.ndarray:

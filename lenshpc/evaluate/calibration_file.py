@@ -79,10 +79,9 @@ def read(path: str | Path) -> dict[str, Any]:
     for name, m in models.items():
         scale = m.get("scale") if isinstance(m, dict) else None
         jobs = m.get("jobs") if isinstance(m, dict) else None
-        if not isinstance(scale, dict) or set(scale) != set(TARGETS) or \
-                not all(_scale_ok(v) for v in scale.values()) or not isinstance(jobs, dict) or \
-                not all(isinstance(j, dict) and isinstance(j.get("model_sha256"), str)
-                        and _scales_ok(j.get("scale")) for j in jobs.values()):
+        if not _scales_ok(scale) or not isinstance(jobs, dict) or not all(
+                isinstance(j, dict) and isinstance(j.get("model_sha256"), str)
+                and _scales_ok(j.get("scale")) for j in jobs.values()):
             raise UserError(f"{where}: model {name}: its scale or jobs are damaged (each "
                             f"scale a number > 0 or null for {', '.join(TARGETS)})")
     return data

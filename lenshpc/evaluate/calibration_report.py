@@ -99,8 +99,7 @@ def section(record: Mapping[str, Any], figure: bool = True) -> list[str]:
                          (f"{tarp['before']:.3f} → {tarp['after']:.3f}" if ok
                           else f"{tarp['before']:.3f}")])
     L += [md_table(["model", "parameter", "median job scale", "±1σ", "±2σ", "central 68%",
-                    "central 95%",
-                    "TARP max |ECP − α|"], rows), ""]
+                    "central 95%", "TARP max |ECP − α|"], rows), ""]
     L += ["TARP (Lemos et al. 2023, the `tarp` package): the joint (θ_E, q, e1, e2) samples "
           "against the truths, random reference points; the largest distance of the expected "
           "coverage probability from the credibility level (0 when calibrated, up to about "

@@ -14,7 +14,9 @@ text, every model file with its sha256, every input with its sha256, the flag bi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,6 @@ def chunk_path(folder: Path, start: int) -> Path:
 def save_chunk(folder: Path, start: int, stats: np.ndarray, flags: np.ndarray) -> None:
     """One chunk's results, written atomically (a file under its final name is whole)."""
     folder.mkdir(parents=True, exist_ok=True)
-    import io
     buffer = io.BytesIO()   # built in memory: a full disk fails in one write, not inside zipfile
     np.savez(buffer, stats=stats, flags=flags)
     with atomic_path(chunk_path(folder, start)) as tmp:
@@ -132,5 +133,4 @@ def load_chunk(folder: Path, start: int, n: int) -> tuple[np.ndarray, np.ndarray
 
 def remove_partial(out: Path) -> None:
     """Remove every partial result beside ``out`` (all keys) and the lock file."""
-    import shutil
     shutil.rmtree(partial_root(out), ignore_errors=True)

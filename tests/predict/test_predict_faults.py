@@ -76,6 +76,16 @@ def _wait_for_chunks(proc: subprocess.Popen, out: Path, n: int) -> None:
         time.sleep(0.01)
 
 
+def _killed_after(cfg, runs, out: Path, many: Path, n: int) -> None:
+    """A run of predict into ``out``, killed with SIGKILL once ``n`` chunks are saved."""
+    proc = _start(cfg, runs, out, many)
+    try:
+        _wait_for_chunks(proc, out, n)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        _kill(proc)
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """Kill ``proc``'s group if it still runs; always reap it and close its pipes."""
     if proc.poll() is None:
@@ -97,12 +107,7 @@ def test_killed_run_resumes_to_the_same_catalogue_on_another_rank_count(trained,
                                                                         tmp_path):
     cfg, runs = trained
     out = tmp_path / "cat.fits"
-    proc = _start(cfg, runs, out, many)
-    try:
-        _wait_for_chunks(proc, out, 5)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        _kill(proc)
+    _killed_after(cfg, runs, out, many, 5)
     assert not out.exists()                                  # nothing under the final name
     saved = len(list(catalogue.partial_root(out).glob("*/chunk-*.npz")))
     assert 5 <= saved < N_CUTOUTS // 3
@@ -135,12 +140,7 @@ def test_a_second_run_into_the_same_catalogue_is_refused(trained, many, referenc
 def test_a_damaged_chunk_is_predicted_again(trained, many, reference, tmp_path):
     cfg, runs = trained
     out = tmp_path / "cat.fits"
-    proc = _start(cfg, runs, out, many)
-    try:
-        _wait_for_chunks(proc, out, 3)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        _kill(proc)
+    _killed_after(cfg, runs, out, many, 3)
     chunks = sorted(catalogue.partial_root(out).glob("*/chunk-*.npz"))
     chunks[0].write_bytes(b"not a chunk")                     # damaged
     np.savez(chunks[1], stats=np.zeros((2, 4, 5)), flags=np.zeros(2, np.int32))   # wrong rows
